@@ -1,0 +1,25 @@
+"""whisper-coreml: speech to subtitles with OpenAI's Whisper, on Core ML and PyTorch.
+
+    import whisper_coreml
+    model = whisper_coreml.load_model("tiny.en", engine="torch")
+    result = model.transcribe("interview.wav")
+    print(result.text)
+"""
+
+from __future__ import annotations
+
+from .api import WhisperModel, load_model, transcribe
+from .result import Segment, TranscriptionResult, Word
+from .transcribe import TranscriptionOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Segment",
+    "TranscriptionOptions",
+    "TranscriptionResult",
+    "WhisperModel",
+    "Word",
+    "load_model",
+    "transcribe",
+]

@@ -1,0 +1,88 @@
+"""The Python API: load a model once, transcribe many files with it."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .audio import MelSource
+from .catalog import default_model, find_tokenizer, resolve_weights
+from .engines import create_engine
+from .engines.base import Engine
+from .result import TranscriptionResult
+from .tokenizer import Tokenizer, language_code
+from .transcribe import Progress, TranscriptionOptions
+from .transcribe import transcribe as run_transcription
+
+_OPTION_NAMES = {f.name for f in fields(TranscriptionOptions)}
+
+
+class WhisperModel:
+    """A loaded model: an engine plus its tokenizer."""
+
+    def __init__(self, engine: Engine, tokenizer: Tokenizer, name: str) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.name = name
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.tokenizer.multilingual
+
+    def transcribe(
+        self,
+        audio: str | Path | np.ndarray,
+        *,
+        options: TranscriptionOptions | None = None,
+        progress: Progress | None = None,
+        **overrides: Any,
+    ) -> TranscriptionResult:
+        """Transcribe a file (any audio or video format) or 16 kHz mono float32 samples.
+
+        Keyword overrides are `TranscriptionOptions` fields, e.g. `language="de"`,
+        `task="translate"`, `initial_prompt="..."`, `temperature=0.0`.
+        """
+        options = self.options(options, **overrides)
+        source = MelSource.from_array(audio, self.engine.dims.n_mels) if isinstance(audio, np.ndarray) else (
+            MelSource.from_file(audio, self.engine.dims.n_mels)
+        )
+        with source:
+            result = run_transcription(self.engine, self.tokenizer, source, options, progress, self.name)
+        return replace(result, source="" if isinstance(audio, np.ndarray) else str(audio))
+
+    def options(self, options: TranscriptionOptions | None = None, **overrides: Any) -> TranscriptionOptions:
+        """Validated options: unknown names, languages and tasks are errors, not silent no-ops."""
+        unknown = set(overrides) - _OPTION_NAMES
+        if unknown:
+            raise TypeError(f"unknown transcription option(s): {', '.join(sorted(unknown))}")
+        if isinstance(overrides.get("temperature"), (int, float)):
+            overrides["temperature"] = (float(overrides["temperature"]),)
+        options = replace(options or TranscriptionOptions(), **overrides)
+        if options.task not in ("transcribe", "translate"):
+            raise ValueError(f"unknown task '{options.task}': use transcribe or translate")
+        if options.language is not None:
+            code = language_code(options.language)
+            if not self.is_multilingual and code != "en":
+                raise ValueError(f"model '{self.name}' is English-only; it cannot transcribe '{code}'")
+            options = replace(options, language=code)
+        if options.task == "translate" and not self.is_multilingual:
+            raise ValueError(f"model '{self.name}' is English-only; translation needs a multilingual model")
+        return options
+
+
+def load_model(model: str | None = None, engine: str = "torch", device: str | None = None) -> WhisperModel:
+    """Load a model by catalog name (e.g. 'tiny.en', 'base') or path, on the chosen engine."""
+    name = model or default_model()
+    weights = resolve_weights(name)
+    tokenizer = Tokenizer(find_tokenizer(weights), weights.dims.n_vocab, weights.dims.num_languages)
+    return WhisperModel(create_engine(engine, weights, device), tokenizer, name)
+
+
+def transcribe(audio: str | Path | np.ndarray, model: str | None = None, **options: Any) -> TranscriptionResult:
+    """One-shot shortcut: load `model` and transcribe `audio` with it."""
+    engine = options.pop("engine", "torch")
+    device = options.pop("device", None)
+    return load_model(model, engine=engine, device=device).transcribe(audio, **options)

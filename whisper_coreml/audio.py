@@ -1,0 +1,350 @@
+"""Audio decoding and Whisper log-Mel features, numerically the same as openai-whisper.
+
+Decoding goes through PyAV's bundled FFmpeg libraries, so no system `ffmpeg` is needed, and
+uses the same libswresample conversion (s16, mono, 16 kHz) that openai-whisper's `ffmpeg -ac 1
+-ar 16000 -f s16le` call performs: the model sees the samples it was evaluated on.
+
+Long inputs are never held whole: `iter_audio` streams bounded chunks and `MelSource` serves
+30-second feature windows from a forward-only buffer, yet its numbers equal openai-whisper's
+whole-file spectrogram (whose normalisation depends on the maximum over the entire file).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Generator, Iterable, Iterator
+from functools import lru_cache
+from types import TracebackType
+from typing import Self
+
+import av
+import numpy as np
+import torch
+
+from .errors import AudioError
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_LENGTH = 30
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30-second window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a window
+
+_HALF = N_FFT // 2  # an STFT frame t covers samples [t*HOP - _HALF, t*HOP + _HALF)
+
+PathLike = str | os.PathLike[str]
+
+
+def _open_container(path: PathLike) -> av.container.InputContainer:
+    """Open `path` with FFmpeg, turning every way that can fail into a one-line AudioError."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AudioError(path, "file not found") from None
+    except PermissionError:
+        raise AudioError(path, "permission denied") from None
+    except OSError as e:
+        raise AudioError(path, f"cannot access file ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError(path, "is a directory, not an audio file")
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    try:
+        return av.open(os.fspath(path), metadata_errors="ignore")
+    except PermissionError:
+        raise AudioError(path, "permission denied") from None
+    except av.error.InvalidDataError:
+        raise AudioError(path, "not an audio or video file FFmpeg can read") from None
+    except (av.error.FFmpegError, OSError) as e:
+        raise AudioError(path, f"cannot open file ({e.strerror or e})") from None
+
+
+def _decoded_frames(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+) -> Iterator[av.AudioFrame]:
+    """Decode `stream`, skipping damaged packets and stopping at a damaged or cut tail.
+
+    This is what the ffmpeg CLI does (it logs and goes on), so a truncated recording yields
+    the audio that is there rather than nothing.
+    """
+    try:
+        for packet in container.demux(stream):
+            try:
+                yield from packet.decode()
+            except av.error.InvalidDataError:
+                continue
+    except av.error.FFmpegError:
+        yield from stream.codec_context.decode(None)  # the flush packet demux never sent
+
+
+def _iter_s16(path: PathLike, sampling_rate: int) -> Iterator[np.ndarray]:
+    """Yield the first audio stream of `path` as int16 mono arrays of varying length."""
+    with _open_container(path) as container:
+        if not container.streams.audio:
+            raise AudioError(path, "no audio track")
+        stream = container.streams.audio[0]
+        resampler, source = None, None
+        for frame in _decoded_frames(container, stream):
+            # A stream may change rate or layout midway (e.g. concatenated mp3s). The ffmpeg CLI
+            # then builds a new converter without draining the old one; do the same.
+            layout = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if layout != source:
+                resampler = av.AudioResampler(format="s16", layout="mono", rate=sampling_rate)
+                source = layout
+            yield from (f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+        if resampler is not None:
+            yield from (f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+
+
+def iter_audio(
+    path: PathLike, sampling_rate: int = SAMPLE_RATE, chunk_samples: int = N_SAMPLES
+) -> Iterator[np.ndarray]:
+    """Stream the audio of `path` (any FFmpeg-readable audio or video file) as float32 mono.
+
+    Chunks hold exactly `chunk_samples` samples except the last, so memory stays bounded
+    however long the file. Raises AudioError (also midway, e.g. when nothing decodes).
+    """
+    pending: list[np.ndarray] = []
+    n_pending = total = 0
+    try:
+        for piece in _iter_s16(path, sampling_rate):
+            pending.append(piece)
+            n_pending += len(piece)
+            if n_pending >= chunk_samples:
+                joined = np.concatenate(pending)
+                n_full = len(joined) // chunk_samples * chunk_samples
+                for start in range(0, n_full, chunk_samples):
+                    yield joined[start : start + chunk_samples].astype(np.float32) / 32768.0
+                pending, n_pending = [joined[n_full:]], len(joined) - n_full
+                total += n_full
+    except av.error.FFmpegError as e:
+        raise AudioError(path, f"cannot decode audio ({e.strerror or e})") from None
+    if n_pending:
+        yield np.concatenate(pending).astype(np.float32) / 32768.0
+    elif total == 0:
+        raise AudioError(path, "no audio could be decoded (0 samples)")
+
+
+def decode_audio(path: PathLike, sampling_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode `path` to a float32 mono array in [-1, 1], as openai-whisper's `load_audio`."""
+    return np.concatenate(list(iter_audio(path, sampling_rate)))
+
+
+@lru_cache
+def mel_filters(n_mels: int) -> torch.Tensor:
+    """The (n_mels, 201) filter bank of `librosa.filters.mel(sr=16000, n_fft=400, n_mels=n)`.
+
+    openai-whisper ships exactly this matrix in its mel_filters.npz; computing it here spares
+    both the asset and librosa's import time, with the same float32 rounding steps.
+    """
+    f_sp = 200.0 / 3  # Slaney's mel scale: linear below 1 kHz, logarithmic above
+    min_log_mel = 1000.0 / f_sp
+    log_step = np.log(6.4) / 27.0
+    mel_max = min_log_mel + np.log(SAMPLE_RATE / 2 / 1000.0) / log_step
+    mels = np.linspace(0.0, mel_max, n_mels + 2)
+    log_hz = 1000.0 * np.exp(log_step * (mels - min_log_mel))
+    edges = np.where(mels >= min_log_mel, log_hz, f_sp * mels)
+    fft_freqs = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
+    widths = np.diff(edges)
+    ramps = np.subtract.outer(edges, fft_freqs)
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0, np.minimum(rising, falling)).astype(np.float32)
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return torch.from_numpy(weights)
+
+
+@lru_cache
+def _hann_window() -> torch.Tensor:
+    return torch.hann_window(N_FFT)
+
+
+def _log10_mel(samples: torch.Tensor, n_mels: int, center: bool) -> torch.Tensor:
+    """log10 of the clamped mel power spectrum, before Whisper's max-dependent normalisation.
+
+    With `center=True` this is openai-whisper's framing (reflect padding, last frame dropped);
+    with `center=False` `samples` must already hold the padded context of the wanted frames.
+    """
+    stft = torch.stft(
+        samples, N_FFT, HOP_LENGTH, window=_hann_window(), center=center, return_complex=True
+    )
+    power = (stft[..., :-1] if center else stft).abs() ** 2
+    return torch.clamp(mel_filters(n_mels) @ power, min=1e-10).log10()
+
+
+def _normalise(log_spec: torch.Tensor, log_max: float) -> torch.Tensor:
+    """Whisper's dynamic range: keep 8 decades (80 dB) below the maximum, scale to about ±1."""
+    return (torch.maximum(log_spec, torch.tensor(log_max - 8.0)) + 4.0) / 4.0
+
+
+def log_mel_spectrogram(
+    audio: np.ndarray | torch.Tensor, n_mels: int = 80, padding: int = 0
+) -> np.ndarray:
+    """The (n_mels, frames) float32 log-Mel spectrogram exactly as openai-whisper computes it.
+
+    `padding` zero samples are appended first; the clamp uses the maximum over the whole
+    result, so this holds the whole input: for long files use `MelSource` instead.
+    """
+    samples = torch.as_tensor(audio, dtype=torch.float32).cpu()
+    if padding > 0:
+        samples = torch.nn.functional.pad(samples, (0, padding))
+    log_spec = _log10_mel(samples, n_mels, center=True)
+    return _normalise(log_spec, log_spec.max().item()).numpy()
+
+
+# log10 of the clamp floor: the value of every all-silent frame, such as those openai's 30 s of
+# zero padding always adds, so it is a lower bound of the whole-file maximum.
+_SILENCE_LOG = torch.tensor(1e-10).log10().item()
+
+
+class _ForwardBuffer:
+    """A forward-only view of (audio followed by endless zeros) that drops consumed samples."""
+
+    def __init__(self, chunks: Iterator[np.ndarray]) -> None:
+        self._chunks = chunks
+        self._buf = np.zeros(0, np.float32)
+        self._start = 0  # sample index of self._buf[0]
+        self.n_samples: int | None = None  # known once the source is exhausted
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop); negative indices reflect about sample 0 like torch.stft does.
+
+        Everything before `start` is forgotten, so `start` must not decrease between calls.
+        """
+        if start < 0:
+            body = self.read(0, max(stop, 1 - start))
+            return np.concatenate([body[1 : 1 - start][::-1], body[:stop]])
+        self._drop_before(start)
+        while self._start + len(self._buf) < stop and self.n_samples is None:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self.n_samples = self._start + len(self._buf)
+            else:
+                self._buf = np.concatenate([self._buf, chunk])
+                self._drop_before(start)
+        out = self._buf[start - self._start : stop - self._start]
+        return np.pad(out, (0, stop - start - len(out)))
+
+    def _drop_before(self, start: int) -> None:
+        cut = min(start - self._start, len(self._buf))
+        self._buf, self._start = self._buf[cut:], self._start + cut
+
+
+class MelSource:
+    """Whisper's 30-second log-Mel windows for input of any length, in bounded memory.
+
+    openai-whisper's transcribe() computes `log_mel_spectrogram(audio, padding=N_SAMPLES)` over
+    the whole file and clamps every value to (global maximum - 8). To give the same numbers
+    while holding only about one window of samples, the input is read twice: pass 1 streams it
+    to find the sample count and that maximum, pass 2 streams it again as windows are asked
+    for. Inputs up to KEEP_SAMPLES long keep their pass-1 samples instead of decoding again.
+    """
+
+    KEEP_SAMPLES = 4 * N_SAMPLES  # 2 minutes: 7.7 MB of float32, cheaper than a second decode
+
+    def __init__(self, open_chunks: Callable[[], Iterable[np.ndarray]], n_mels: int = 80) -> None:
+        """`open_chunks` starts a fresh pass over the 16 kHz samples each time it is called."""
+        self.n_mels = n_mels
+        self._open_chunks = open_chunks
+        self._kept: list[np.ndarray] | None = []
+        self.n_samples, self._log_max = self._first_pass()
+        self._reader: _ForwardBuffer | None = None
+        self._stream: Generator[np.ndarray, None, None] | None = None
+        self._seek = 0
+
+    @classmethod
+    def from_file(cls, path: PathLike, n_mels: int = 80) -> MelSource:
+        """Features of an audio or video file; raises AudioError here if it cannot be decoded."""
+        return cls(lambda: iter_audio(path), n_mels)
+
+    @classmethod
+    def from_array(cls, audio: np.ndarray | torch.Tensor, n_mels: int = 80) -> MelSource:
+        """Features of 16 kHz samples, taken in 30 s slices so no whole-input STFT is built."""
+        samples = torch.as_tensor(audio, dtype=torch.float32).cpu().numpy()
+        return cls(
+            lambda: (samples[i : i + N_SAMPLES] for i in range(0, len(samples), N_SAMPLES)), n_mels
+        )
+
+    def _chunks(self) -> Generator[np.ndarray, None, None]:
+        """Samples for a pass: kept pass-1 chunks, else a fresh decode (for close() to end)."""
+        yield from self._kept if self._kept is not None else self._open_chunks()
+
+    def _first_pass(self) -> tuple[int, float]:
+        """Count the samples and find the maximum log-mel value over the whole padded input."""
+        kept_samples = 0
+
+        def tee() -> Iterator[np.ndarray]:
+            nonlocal kept_samples
+            for chunk in self._open_chunks():
+                if self._kept is not None:
+                    self._kept.append(chunk)
+                    kept_samples += len(chunk)
+                    if kept_samples > self.KEEP_SAMPLES:
+                        self._kept = None
+                yield chunk
+
+        reader = _ForwardBuffer(tee())
+        log_max = _SILENCE_LOG
+        first = 0
+        # Frames starting at or past the end of the audio see only zeros: _SILENCE_LOG.
+        while reader.n_samples is None or first * HOP_LENGTH - _HALF < reader.n_samples:
+            samples = reader.read(
+                first * HOP_LENGTH - _HALF, (first + N_FRAMES - 1) * HOP_LENGTH + _HALF
+            )
+            block = _log10_mel(torch.from_numpy(samples), self.n_mels, center=False)
+            log_max = max(log_max, block.max().item())
+            first += N_FRAMES
+        return reader.n_samples, log_max
+
+    @property
+    def n_frames(self) -> int:
+        """Content frames, openai's `content_frames` (the 30 s padding not counted)."""
+        return self.n_samples // HOP_LENGTH
+
+    @property
+    def duration(self) -> float:
+        return self.n_samples / SAMPLE_RATE
+
+    def window(self, seek: int, n_frames: int | None = None) -> np.ndarray:
+        """(n_mels, 3000) float32 features from frame `seek`, as openai-whisper feeds its model.
+
+        Equals `pad_or_trim(mel[:, seek:seek + size], N_FRAMES)` of openai's whole-file `mel`
+        with size = min(N_FRAMES, n_frames of content left, `n_frames` if given); frames past
+        that are 0.0, as pad_or_trim leaves them. Seeks are expected not to decrease; one that
+        does restarts the decode from the beginning.
+        """
+        if seek < 0:
+            raise ValueError(f"seek must be >= 0, got {seek}")
+        size = min(N_FRAMES, self.n_frames - seek, N_FRAMES if n_frames is None else n_frames)
+        out = np.zeros((self.n_mels, N_FRAMES), np.float32)
+        if size <= 0:
+            return out
+        if self._reader is None or seek < self._seek:
+            self.close()
+            self._stream = self._chunks()
+            self._reader = _ForwardBuffer(self._stream)
+        self._seek = seek
+        samples = self._reader.read(
+            seek * HOP_LENGTH - _HALF, (seek + size - 1) * HOP_LENGTH + _HALF
+        )
+        log_spec = _log10_mel(torch.from_numpy(samples), self.n_mels, center=False)
+        out[:, :size] = _normalise(log_spec, self._log_max).numpy()
+        return out
+
+    def close(self) -> None:
+        """Release the decoder of the current pass (a later window() would start a new one)."""
+        if self._stream is not None:
+            self._stream.close()
+        self._stream = self._reader = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

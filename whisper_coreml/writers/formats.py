@@ -1,0 +1,108 @@
+"""The four output formats: SRT, WebVTT, plain text and JSON.
+
+Subtitle and text formats skip segments with no visible text (they would be empty cues or
+blank lines); JSON keeps every segment because it is the complete record.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from datetime import timedelta
+
+import srt
+
+from whisper_coreml.result import TranscriptionResult
+from whisper_coreml.writers.base import (
+    Writer,
+    cue_text,
+    format_timestamp,
+    segment_span,
+    to_milliseconds,
+)
+
+
+class SRTWriter(Writer):
+    """SubRip, composed by the `srt` library so the output is what SRT parsers expect."""
+
+    extension = ".srt"
+
+    def render(self, result: TranscriptionResult) -> str:
+        subtitles = []
+        for segment in result.segments:
+            # "-->" inside the text would read as a timing line (openai-whisper does the same).
+            text = cue_text(segment.text).replace("-->", "->")
+            if not text:
+                continue
+            start, end = segment_span(segment)
+            subtitles.append(
+                srt.Subtitle(
+                    index=len(subtitles) + 1,
+                    start=timedelta(milliseconds=start),
+                    end=timedelta(milliseconds=end),
+                    content=text,
+                )
+            )
+        # reindex=False keeps segment order and zero-length cues; srt's reindexing would sort
+        # them and silently drop cues whose end equals their start.
+        return srt.compose(subtitles, reindex=False)
+
+
+class VTTWriter(Writer):
+    """WebVTT with hours always present, which every editor and browser accepts."""
+
+    extension = ".vtt"
+
+    def render(self, result: TranscriptionResult) -> str:
+        blocks = ["WEBVTT"]
+        for segment in result.segments:
+            text = cue_text(segment.text)
+            if not text:
+                continue
+            start, end = (format_timestamp(ms, ".") for ms in segment_span(segment))
+            # The WebVTT spec reserves "&", "<" and ">" in cue text; escaping them also
+            # defuses any "-->".
+            blocks.append(f"{start} --> {end}\n{html.escape(text, quote=False)}")
+        return "\n\n".join(blocks) + "\n"
+
+
+class TXTWriter(Writer):
+    """The transcript as plain text, one segment per line."""
+
+    extension = ".txt"
+
+    def render(self, result: TranscriptionResult) -> str:
+        lines = (cue_text(segment.text).replace("\n", " ") for segment in result.segments)
+        return "".join(f"{line}\n" for line in lines if line)
+
+
+class JSONWriter(Writer):
+    """openai-whisper's result dict plus model/duration/task, rounded to readable precision."""
+
+    extension = ".json"
+
+    def render(self, result: TranscriptionResult) -> str:
+        data = result.to_dict()
+        data["duration"] = _seconds(data["duration"])
+        for segment in data["segments"]:
+            segment["start"] = _seconds(segment["start"])
+            segment["end"] = _seconds(segment["end"])
+            for key in ("temperature", "avg_logprob", "compression_ratio", "no_speech_prob"):
+                segment[key] = _score(segment[key])
+            for word in segment["words"] or ():
+                word["start"] = _seconds(word["start"])
+                word["end"] = _seconds(word["end"])
+                word["probability"] = _score(word["probability"])
+        return json.dumps(data, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+
+
+def _seconds(value: float) -> float:
+    """A time on the same millisecond the subtitle formats use."""
+    return to_milliseconds(value) / 1000
+
+
+def _score(value: float) -> float | None:
+    """Four decimals are plenty for log-probs and ratios; NaN/inf become null because they
+    are not valid JSON."""
+    return round(float(value), 4) if math.isfinite(value) else None
