@@ -1,9 +1,9 @@
 """whisper-coreml: speech to subtitles with OpenAI's Whisper, on Core ML and PyTorch.
 
-    import whisper_coreml
-    model = whisper_coreml.load_model("tiny.en", engine="torch")
-    result = model.transcribe("interview.wav")
-    print(result.text)
+import whisper_coreml
+model = whisper_coreml.load_model("tiny.en", engine="torch")
+result = model.transcribe("interview.wav")
+print(result.text)
 """
 
 from __future__ import annotations

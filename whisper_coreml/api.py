@@ -46,8 +46,10 @@ class WhisperModel:
         `task="translate"`, `initial_prompt="..."`, `temperature=0.0`.
         """
         options = self.options(options, **overrides)
-        source = MelSource.from_array(audio, self.engine.dims.n_mels) if isinstance(audio, np.ndarray) else (
-            MelSource.from_file(audio, self.engine.dims.n_mels)
+        source = (
+            MelSource.from_array(audio, self.engine.dims.n_mels)
+            if isinstance(audio, np.ndarray)
+            else (MelSource.from_file(audio, self.engine.dims.n_mels))
         )
         with source:
             result = run_transcription(self.engine, self.tokenizer, source, options, progress, self.name)

@@ -85,16 +85,35 @@ def _iter_s16(path: PathLike, sampling_rate: int) -> Iterator[np.ndarray]:
             raise AudioError(path, "no audio track")
         stream = container.streams.audio[0]
         resampler, source = None, None
+        decoded, formats = 0.0, 0  # seconds at the source rate; how many formats the stream had
         for frame in _decoded_frames(container, stream):
+            decoded += frame.samples / frame.sample_rate
             # A stream may change rate or layout midway (e.g. concatenated mp3s). The ffmpeg CLI
             # then builds a new converter without draining the old one; do the same.
             layout = (frame.format.name, frame.layout.name, frame.sample_rate)
             if layout != source:
                 resampler = av.AudioResampler(format="s16", layout="mono", rate=sampling_rate)
                 source = layout
+                formats += 1
             yield from (f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
         if resampler is not None:
             yield from (f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+        if formats == 1:  # a header describes one format; glued streams outgrow it
+            _check_complete(path, stream, decoded)
+
+
+def _check_complete(path: PathLike, stream: av.audio.stream.AudioStream, decoded: float) -> None:
+    """Refuse a file that stops well short of the duration its own header declares.
+
+    A copy cut off mid-transfer still decodes up to the cut, and subtitles for half a file
+    look like a success; the header (mp3 Xing/Info frame, wav data size, mp4 track duration)
+    is what tells. Durations FFmpeg merely estimates from the bitrate are not in the stream.
+    """
+    if stream.duration is None or stream.time_base is None:
+        return
+    declared = float(stream.duration * stream.time_base)
+    if declared - decoded > max(1.0, 0.02 * declared):
+        raise AudioError(path, f"truncated or damaged: only {decoded:.1f} s of the {declared:.1f} s it declares decode")
 
 
 def iter_audio(
@@ -166,9 +185,7 @@ def _log10_mel(samples: torch.Tensor, n_mels: int, center: bool) -> torch.Tensor
     With `center=True` this is openai-whisper's framing (reflect padding, last frame dropped);
     with `center=False` `samples` must already hold the padded context of the wanted frames.
     """
-    stft = torch.stft(
-        samples, N_FFT, HOP_LENGTH, window=_hann_window(), center=center, return_complex=True
-    )
+    stft = torch.stft(samples, N_FFT, HOP_LENGTH, window=_hann_window(), center=center, return_complex=True)
     power = (stft[..., :-1] if center else stft).abs() ** 2
     return torch.clamp(mel_filters(n_mels) @ power, min=1e-10).log10()
 
@@ -178,9 +195,7 @@ def _normalise(log_spec: torch.Tensor, log_max: float) -> torch.Tensor:
     return (torch.maximum(log_spec, torch.tensor(log_max - 8.0)) + 4.0) / 4.0
 
 
-def log_mel_spectrogram(
-    audio: np.ndarray | torch.Tensor, n_mels: int = 80, padding: int = 0
-) -> np.ndarray:
+def log_mel_spectrogram(audio: np.ndarray | torch.Tensor, n_mels: int = 80, padding: int = 0) -> np.ndarray:
     """The (n_mels, frames) float32 log-Mel spectrogram exactly as openai-whisper computes it.
 
     `padding` zero samples are appended first; the clamp uses the maximum over the whole
@@ -262,9 +277,7 @@ class MelSource:
     def from_array(cls, audio: np.ndarray | torch.Tensor, n_mels: int = 80) -> MelSource:
         """Features of 16 kHz samples, taken in 30 s slices so no whole-input STFT is built."""
         samples = torch.as_tensor(audio, dtype=torch.float32).cpu().numpy()
-        return cls(
-            lambda: (samples[i : i + N_SAMPLES] for i in range(0, len(samples), N_SAMPLES)), n_mels
-        )
+        return cls(lambda: (samples[i : i + N_SAMPLES] for i in range(0, len(samples), N_SAMPLES)), n_mels)
 
     def _chunks(self) -> Generator[np.ndarray, None, None]:
         """Samples for a pass: kept pass-1 chunks, else a fresh decode (for close() to end)."""
@@ -289,9 +302,7 @@ class MelSource:
         first = 0
         # Frames starting at or past the end of the audio see only zeros: _SILENCE_LOG.
         while reader.n_samples is None or first * HOP_LENGTH - _HALF < reader.n_samples:
-            samples = reader.read(
-                first * HOP_LENGTH - _HALF, (first + N_FRAMES - 1) * HOP_LENGTH + _HALF
-            )
+            samples = reader.read(first * HOP_LENGTH - _HALF, (first + N_FRAMES - 1) * HOP_LENGTH + _HALF)
             block = _log10_mel(torch.from_numpy(samples), self.n_mels, center=False)
             log_max = max(log_max, block.max().item())
             first += N_FRAMES
@@ -325,9 +336,7 @@ class MelSource:
             self._stream = self._chunks()
             self._reader = _ForwardBuffer(self._stream)
         self._seek = seek
-        samples = self._reader.read(
-            seek * HOP_LENGTH - _HALF, (seek + size - 1) * HOP_LENGTH + _HALF
-        )
+        samples = self._reader.read(seek * HOP_LENGTH - _HALF, (seek + size - 1) * HOP_LENGTH + _HALF)
         log_spec = _log10_mel(torch.from_numpy(samples), self.n_mels, center=False)
         out[:, :size] = _normalise(log_spec, self._log_max).numpy()
         return out

@@ -102,7 +102,7 @@ def _hub_snapshot(entry: CatalogEntry) -> Path:
         pass
     try:
         return Path(snapshot_download(entry.hf, allow_patterns=_HF_FILES))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(
             f"model '{entry.name}' is not installed and could not be downloaded from the Hugging Face "

@@ -140,7 +140,7 @@ def detect_language(engine: Engine, features: Any, tokenizer: Tokenizer) -> tupl
     probs = np.exp(lang_logits - lang_logits.max())
     probs /= probs.sum()
     codes = tokenizer.all_language_codes
-    return codes[int(probs.argmax())], {c: float(p) for c, p in zip(codes, probs)}
+    return codes[int(probs.argmax())], {c: float(p) for c, p in zip(codes, probs, strict=True)}
 
 
 class WindowDecoder:
@@ -216,7 +216,7 @@ class WindowDecoder:
         for row in tokens:
             sampled = row[self.sample_begin :].tolist()
             candidates.append(tuple(sampled[: sampled.index(eot)] if eot in sampled else sampled))
-        scores = [lp / max(len(c), 1) for c, lp in zip(candidates, sum_logprobs)]
+        scores = [lp / max(len(c), 1) for c, lp in zip(candidates, sum_logprobs, strict=True)]
         best = int(np.argmax(scores))
         chosen = candidates[best]
         text = self.tokenizer.decode(chosen).strip()
@@ -234,4 +234,3 @@ class WindowDecoder:
 def decode_window(engine: Engine, features: Any, tokenizer: Tokenizer, options: DecodingOptions) -> DecodingResult:
     """Decode one window's features with `options`."""
     return WindowDecoder(engine, tokenizer.with_language(options.language, options.task), options).decode(features)
-

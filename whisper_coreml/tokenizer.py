@@ -64,7 +64,7 @@ class Tokenizer:
     ) -> None:
         try:
             self.bpe = BPE.from_file(str(file))
-        except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing error
+        except Exception as e:
             raise ModelError(f"{file}: not a readable tokenizer.json ({e})") from e
         self.file = file
         self.n_vocab = n_vocab

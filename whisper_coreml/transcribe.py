@@ -134,7 +134,7 @@ def transcribe(
     seek_points = [round(t * FRAMES_PER_SECOND) for t in options.clip_timestamps] or [0]
     if len(seek_points) % 2 == 1:
         seek_points.append(content_frames)
-    clips = list(zip(seek_points[::2], seek_points[1::2]))
+    clips = list(zip(seek_points[::2], seek_points[1::2], strict=True))
 
     initial_prompt = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
     remaining_prompt_length = engine.dims.n_text_ctx // 2 - 1 - len(initial_prompt)
@@ -204,4 +204,3 @@ def transcribe(
 def _report(progress: Progress | None, seek: int, content_frames: int) -> None:
     if progress is not None:
         progress(min(seek, content_frames) / FRAMES_PER_SECOND, content_frames / FRAMES_PER_SECOND)
-

@@ -85,7 +85,7 @@ def read_openai(path: Path) -> Weights:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         dims = ModelDimensions(**checkpoint["dims"])
         sd = checkpoint["model_state_dict"]
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is one user-facing error
+    except Exception as e:
         raise ModelError(f"{path}: not a readable openai-whisper checkpoint ({e})") from e
     tokenizer = path.with_name("tokenizer.json")
     return Weights(dims, sd, str(path), "openai", tokenizer if tokenizer.is_file() else None)
@@ -136,7 +136,7 @@ def read_huggingface(path: Path) -> Weights:
                 if (ours := hf_to_openai_name(name)) is not None:
                     sd[ours] = tensor
         dims = _dims_from_state_dict(sd, config["encoder_attention_heads"], config["decoder_attention_heads"])
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelError(f"{path}: not a readable Hugging Face Whisper checkpoint ({e})") from e
     heads = None
     generation_config = path / "generation_config.json"
@@ -225,7 +225,7 @@ def _ct2_to_openai(arrays: dict[str, np.ndarray]) -> StateDict:
     def fused(src: str, dst: str, names: Sequence[str]) -> None:
         weight, bias = _ct2_linear(arrays, src)
         assert bias is not None
-        for name, w, b in zip(names, weight.chunk(len(names)), bias.chunk(len(names))):
+        for name, w, b in zip(names, weight.chunk(len(names)), bias.chunk(len(names)), strict=True):
             sd[f"{dst}.{name}.weight"] = w.contiguous()
             if name != "key":  # Whisper's key projections have no bias; CTranslate2 stores zeros
                 sd[f"{dst}.{name}.bias"] = b.contiguous()
@@ -267,9 +267,7 @@ def read_ctranslate2(directory: Path, parts: Sequence[Path]) -> Weights:
         data = b"".join(p.read_bytes() for p in parts) if len(parts) > 1 else parts[0].read_bytes()
         arrays = _parse_ct2(memoryview(data))
         sd = _ct2_to_openai(arrays)
-        dims = _dims_from_state_dict(
-            sd, int(arrays["encoder/num_heads"]), int(arrays["decoder/num_heads"])
-        )
+        dims = _dims_from_state_dict(sd, int(arrays["encoder/num_heads"]), int(arrays["decoder/num_heads"]))
     except (OSError, ValueError, KeyError, struct.error, AssertionError) as e:
         raise ModelError(f"{parts[0]}: not a readable CTranslate2 Whisper model ({e})") from e
     config_file = directory / "config.json"

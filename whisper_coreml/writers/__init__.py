@@ -67,8 +67,6 @@ def output_path_for(
     return directory / (source.stem + get_writer(fmt).extension)
 
 
-def write_result(
-    result: TranscriptionResult, fmt: str, output_path: str | os.PathLike[str]
-) -> Path:
+def write_result(result: TranscriptionResult, fmt: str, output_path: str | os.PathLike[str]) -> Path:
     """Render `result` as `fmt` and replace `output_path` atomically; returns the path."""
     return get_writer(fmt).write(result, output_path)

@@ -1,0 +1,544 @@
+"""Speed, memory and accuracy of whisper-coreml against openai-whisper and faster-whisper.
+
+    python benchmarks/bench.py [--model tiny.en] [--threads 2] [--sets en,long]
+                               [--systems ours,openai,faster] [--json out.json]
+
+Every (system, set) pair runs in its own subprocess, so the peak RSS reported is that system's
+own, and every system gets the same thread count. All three run the SAME weights (the model's
+CTranslate2 package) with the same decoding: greedy at temperature 0, fallback through
+(0.2 ... 1.0) with best_of=5, conditioned on the previous text, no VAD, fp32 on the CPU.
+Each file is timed from its path to the finished segments, as a user experiences it.
+
+See benchmarks/README.md for what is measured and the latest numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".opus", ".ogg", ".m4a", ".webm", ".mp4"}
+SYSTEMS = ("ours", "openai", "faster")
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+CT2_CACHE = Path(tempfile.gettempdir()) / "whisper-coreml-bench"
+
+# Targets, checked for every set: WER within 0.3 points of openai-whisper's, and at most 0.7x its time.
+WER_TOLERANCE_POINTS = 0.3
+TIME_RATIO_TARGET = 0.7
+
+
+# --------------------------------------------------------------------------------------------
+# Child side: one system, one list of files, in a fresh process.
+# --------------------------------------------------------------------------------------------
+
+
+def _rss_mb(field: str) -> float | None:
+    """VmRSS / VmHWM of this process in MB, from /proc (None off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (openai-whisper's ffmpeg calls)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class _Ours:
+    def __init__(self, spec: dict) -> None:
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+        import whisper_coreml as wc
+
+        self.model = wc.load_model(spec["model"], engine="torch")
+        self.version = wc.__version__
+
+    def transcribe(self, path: str) -> tuple[str, list[list]]:
+        result = self.model.transcribe(path)
+        return result.text, [[s.start, s.end, s.text] for s in result.segments]
+
+
+class _OpenAI:
+    def __init__(self, spec: dict) -> None:
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+        import whisper
+        from whisper.model import ModelDimensions, Whisper
+
+        from whisper_coreml.catalog import resolve_weights
+
+        w = resolve_weights(spec["model"])
+        model = Whisper(ModelDimensions(**dataclasses.asdict(w.dims)))
+        model.load_state_dict({k: v.float() for k, v in w.state_dict.items()})
+        del w
+        self.model = model.eval()
+        self.whisper = whisper
+        self.version = whisper.__version__
+        self.use_array = spec["openai_input"] == "array"
+
+    def transcribe(self, path: str) -> tuple[str, list[list]]:
+        audio: str | object = path
+        if self.use_array:  # no ffmpeg binary: decode with our PyAV decoder, still inside the timing
+            from whisper_coreml.audio import decode_audio
+
+            audio = decode_audio(path)
+        result = self.whisper.transcribe(
+            self.model,
+            audio,
+            verbose=None,
+            fp16=False,
+            temperature=TEMPERATURES,
+            best_of=5,
+            beam_size=None,
+            condition_on_previous_text=True,
+        )
+        return result["text"], [[s["start"], s["end"], s["text"]] for s in result["segments"]]
+
+
+class _Faster:
+    def __init__(self, spec: dict) -> None:
+        import faster_whisper
+
+        self.model = faster_whisper.WhisperModel(
+            spec["ct2_dir"], device="cpu", compute_type="float32", cpu_threads=spec["threads"], num_workers=1
+        )
+        self.version = faster_whisper.__version__
+
+    def transcribe(self, path: str) -> tuple[str, list[list]]:
+        segments, _info = self.model.transcribe(
+            path,
+            beam_size=1,
+            best_of=5,
+            temperature=list(TEMPERATURES),
+            condition_on_previous_text=True,
+            vad_filter=False,
+        )
+        segs = [[s.start, s.end, s.text] for s in segments]  # a generator: decoding happens here
+        return "".join(s[2] for s in segs), segs
+
+
+def child_main(spec_file: str, out_file: str) -> int:
+    spec = json.loads(Path(spec_file).read_text())
+    load_start = os.getloadavg()
+    t0 = time.perf_counter()
+    runner = {"ours": _Ours, "openai": _OpenAI, "faster": _Faster}[spec["system"]](spec)
+    load_s = time.perf_counter() - t0
+    rss_after_load = _rss_mb("VmRSS")
+
+    t0 = time.perf_counter()
+    runner.transcribe(spec["warmup"])
+    warmup_s = time.perf_counter() - t0
+
+    profiler = None
+    if spec.get("profile"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    files = []
+    for path in spec["files"]:
+        c0, t0 = _cpu_seconds(), time.perf_counter()
+        text, segments = runner.transcribe(path)
+        wall = time.perf_counter() - t0
+        files.append({"path": path, "wall_s": wall, "cpu_s": _cpu_seconds() - c0, "text": text, "segments": segments})
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(spec["profile"])
+
+    out = {
+        "system": spec["system"],
+        "version": runner.version,
+        "load_s": load_s,
+        "warmup_s": warmup_s,
+        "rss_after_load_mb": rss_after_load,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KB on Linux
+        "vmhwm_mb": _rss_mb("VmHWM"),
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+        "files": files,
+    }
+    Path(out_file).write_text(json.dumps(out))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Parent side: find the data, run the children, score and report.
+# --------------------------------------------------------------------------------------------
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("WHISPER_COREML_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+
+
+def list_set(folder: Path) -> list[Path]:
+    """Audio files of a set that have a reference transcript (`.txt`) beside them."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.with_suffix(".txt").is_file())
+
+
+def faster_model_dir(model: str) -> tuple[str | None, str]:
+    """A CTranslate2 directory with one model.bin for `model`, or (None, why not).
+
+    Split packages (base: model.bin.part1 + part2) are joined once into a cached directory in
+    /tmp, with symlinks to the small files; it is rebuilt only when the parts change size.
+    """
+    from whisper_coreml.catalog import catalog, installed_package
+
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "model.bin").is_file():
+        return str(path), ""
+    entry = catalog().get(model)
+    found = installed_package(entry) if entry else None
+    if found is None:
+        return None, f"no CTranslate2 package installed for '{model}' (faster-whisper needs one)"
+    directory, parts = found
+    if len(parts) == 1 and parts[0].name == "model.bin":
+        return str(directory), ""
+    target = CT2_CACHE / f"{model}-ct2"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json", "preprocessor_config.json"):
+        src, link = directory / name, target / name
+        if src.is_file() and not link.exists():
+            link.symlink_to(src)
+    joined = target / "model.bin"
+    size = sum(p.stat().st_size for p in parts)
+    if not joined.is_file() or joined.stat().st_size != size:
+        tmp = joined.with_suffix(".tmp")
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out, 16 << 20)
+        tmp.replace(joined)
+    return str(target), ""
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, summed over cores, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / tick, sum(fields[:8]) / tick
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def wait_idle(limit_s: float, busy_below: float = 0.15) -> float:
+    """Wait up to `limit_s` until the machine is idle (< 15% busy over 2 s); return the last busy fraction."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        b0, t0 = _machine_cpu()
+        time.sleep(2.0)
+        b1, t1 = _machine_cpu()
+        busy = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        if busy < busy_below or time.monotonic() >= deadline:
+            return busy
+        print(f"  waiting for other processes: machine {100 * busy:.0f}% busy", flush=True)
+        time.sleep(8.0)
+
+
+def run_child(spec: dict, threads: int) -> dict:
+    """Run one system in a fresh process; also measure how much CPU everything else used meanwhile."""
+    env = dict(os.environ)
+    env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory(prefix="wc-bench-") as tmp:
+        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_file.write_text(json.dumps(spec))
+        (busy0, total0), own0, t0 = _machine_cpu(), _children_cpu(), time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--child", str(spec_file), str(out_file)], env=env)
+        (busy1, total1), own1, wall = _machine_cpu(), _children_cpu(), time.perf_counter() - t0
+        if proc.returncode != 0 or not out_file.is_file():
+            raise RuntimeError(f"{spec['system']} child failed (exit code {proc.returncode})")
+        out = json.loads(out_file.read_text())
+    # CPU that other processes took while this child ran, as a share of the whole machine: the
+    # contamination of the timings (0 on a quiet machine; 50% on 2 cores = one core stolen).
+    out["child_process_s"] = wall
+    others = max(0.0, (busy1 - busy0) - (own1 - own0))
+    out["others_cpu_pct"] = 100 * others / (total1 - total0) if total1 > total0 else 0.0
+    return out
+
+
+def corpus_wer(refs: list[str], hyps: list[str]) -> float:
+    """Corpus-level WER in percent: all errors over all reference words, after normalising."""
+    import jiwer
+    from whisper.normalizers import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer()
+    pairs = [(norm(r), norm(h)) for r, h in zip(refs, hyps, strict=True)]
+    pairs = [(r, h) for r, h in pairs if r.strip()]
+    return 100 * jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs]).wer
+
+
+def parity(run: dict, reference: dict) -> dict:
+    """Files whose text equals openai-whisper's, and the largest timing gap among those."""
+    same = max_start = max_end = 0.0
+    seg_mismatch = 0
+    for mine, theirs in zip(run["files"], reference["files"], strict=True):
+        if mine["text"] != theirs["text"]:
+            continue
+        same += 1
+        if len(mine["segments"]) != len(theirs["segments"]):
+            seg_mismatch += 1
+            continue
+        for a, b in zip(mine["segments"], theirs["segments"], strict=True):
+            max_start = max(max_start, abs(a[0] - b[0]))
+            max_end = max(max_end, abs(a[1] - b[1]))
+    return {"same_text": int(same), "seg_count_differs": seg_mismatch, "max_dstart": max_start, "max_dend": max_end}
+
+
+def summarise(name: str, runs: dict[str, dict], refs: list[str], audio_s: float) -> dict[str, dict]:
+    rows = {}
+    for system, run in runs.items():
+        wall = sum(f["wall_s"] for f in run["files"])
+        rows[system] = {
+            "files": len(run["files"]),
+            "audio_s": audio_s,
+            "load_s": run["load_s"],
+            "wall_s": wall,
+            "cpu_s": sum(f["cpu_s"] for f in run["files"]),
+            "rtf": wall / audio_s if audio_s else float("nan"),
+            "peak_rss_mb": run["peak_rss_mb"],
+            "wer": corpus_wer(refs, [f["text"] for f in run["files"]]),
+            "load1": run["loadavg_start"][0],
+            "others_pct": run.get("others_cpu_pct", 0.0),
+        }
+        if "openai" in runs:
+            rows[system]["parity"] = parity(run, runs["openai"])
+    return rows
+
+
+def print_table(title: str, rows: dict[str, dict]) -> None:
+    ours = rows.get("ours")
+    head = (
+        f"{'system':<8} {'files':>5} {'audio s':>8} {'load s':>7} {'wall s':>8} {'cpu s':>8} {'RTF':>6} "
+        f"{'RSS MB':>7} {'WER %':>6} {'t/ours':>6} {'RSS/ours':>8} {'load1':>5} {'other%':>6}  "
+        "same text as openai, max |Δstart|/|Δend|"
+    )
+    print(f"\n== {title}\n{head}\n{'-' * len(head)}")
+    for system, r in rows.items():
+        t_ratio = f"{r['wall_s'] / ours['wall_s']:.2f}" if ours else "-"
+        m_ratio = f"{r['peak_rss_mb'] / ours['peak_rss_mb']:.2f}" if ours else "-"
+        p = r.get("parity")
+        par = ""
+        if p and system != "openai":
+            par = f"{p['same_text']}/{r['files']}, {p['max_dstart']:.2f}/{p['max_dend']:.2f} s"
+            if p["seg_count_differs"]:
+                par += f" ({p['seg_count_differs']} with other segmentation)"
+        print(
+            f"{system:<8} {r['files']:>5} {r['audio_s']:>8.1f} {r['load_s']:>7.2f} {r['wall_s']:>8.2f} "
+            f"{r['cpu_s']:>8.2f} {r['rtf']:>6.3f} {r['peak_rss_mb']:>7.0f} {r['wer']:>6.2f} {t_ratio:>6} "
+            f"{m_ratio:>8} {r['load1']:>5.2f} {r['others_pct']:>6.0f}  {par}"
+        )
+    busy = [s for s, r in rows.items() if r["others_pct"] > 10]
+    if busy:
+        print(f"warning: other processes took >10% of the machine during {', '.join(busy)}: timings are inflated")
+
+
+def check_targets(title: str, rows: dict[str, dict]) -> list[bool]:
+    if "ours" not in rows or "openai" not in rows:
+        return []
+    ours, oa = rows["ours"], rows["openai"]
+    dwer = ours["wer"] - oa["wer"]
+    ratio = ours["wall_s"] / oa["wall_s"]
+    wer_ok = abs(dwer) <= WER_TOLERANCE_POINTS
+    time_ok = ratio <= TIME_RATIO_TARGET
+    print(
+        f"targets [{title}]: WER {ours['wer']:.2f} vs openai {oa['wer']:.2f} (Δ {dwer:+.2f}, need |Δ| <= "
+        f"{WER_TOLERANCE_POINTS}): {'MET' if wer_ok else 'NOT MET'}; time {ratio:.2f}x openai "
+        f"(need <= {TIME_RATIO_TARGET}x): {'MET' if time_ok else 'NOT MET'}"
+    )
+    return [wer_ok, time_ok]
+
+
+def machine_info(threads: int) -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "commit": commit,
+        "loadavg": os.getloadavg(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="tiny.en")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sets", default="en,long", help="comma-separated folders of <shared>/speech")
+    ap.add_argument("--systems", default="ours,openai,faster", help=f"comma-separated, of {', '.join(SYSTEMS)}")
+    ap.add_argument("--json", type=Path, help="write per-file results (text, segments, times) here")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N files of each set (quick runs)")
+    ap.add_argument("--profile", type=Path, help="cProfile our runs (times inflated) into PROFILE.<set>.prof")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before each system, wait up to S seconds for other processes to go quiet",
+    )
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child_main(*args.child)
+
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if unknown := set(systems) - set(SYSTEMS):
+        ap.error(f"unknown system(s): {', '.join(sorted(unknown))}")
+    speech = shared_dir() / "speech"
+    if not speech.is_dir():
+        print(f"benchmark skipped: no speech data at {speech} (set WHISPER_COREML_SHARED to the shared/ folder)")
+        return 0
+    sets = {}
+    for name in (s.strip() for s in args.sets.split(",") if s.strip()):
+        files = list_set(speech / name) if (speech / name).is_dir() else []
+        if not files:
+            print(f"set '{name}' skipped: no audio with .txt references in {speech / name}")
+            continue
+        sets[name] = files[: args.limit] if args.limit else files
+    if not sets:
+        print("benchmark skipped: no sets to run")
+        return 0
+
+    sys.path.insert(0, str(REPO))
+    from whisper_coreml.audio import decode_audio
+
+    info = machine_info(args.threads)
+    print(
+        f"whisper-coreml benchmark  {info['date']}  model={args.model}  threads={args.threads}  "
+        f"cpu={info['cpu']} ({info['cores']} cores)  commit={info['commit']}  "
+        f"loadavg={' '.join(f'{x:.2f}' for x in info['loadavg'])}"
+    )
+    openai_input = "file"
+    if "openai" in systems and shutil.which("ffmpeg") is None:
+        openai_input = "array"
+        print(
+            "note: no ffmpeg binary on PATH; openai-whisper gets the array from whisper_coreml.audio.decode_audio "
+            "(decoded inside its timed region)"
+        )
+    ct2_dir = None
+    if "faster" in systems:
+        ct2_dir, why = faster_model_dir(args.model)
+        if ct2_dir is None:
+            print(f"faster-whisper skipped: {why}")
+            systems.remove("faster")
+
+    durations = {str(p): len(decode_audio(p)) / 16000 for files in sets.values() for p in files}
+    warm_pool = sets.get("en") or min(sets.values(), key=lambda fs: min(durations[str(p)] for p in fs))
+    warmup = min(warm_pool, key=lambda p: durations[str(p)])
+    print(f"warm-up clip: {warmup.name} ({durations[str(warmup)]:.1f} s)")
+
+    report: dict = {
+        "machine": info,
+        "model": args.model,
+        "openai_input": openai_input,
+        "warmup": str(warmup),
+        "sets": {},
+    }
+    all_runs: dict[str, dict] = {
+        s: {"load_s": 0.0, "peak_rss_mb": 0.0, "files": [], "loadavg_start": (0.0, 0.0, 0.0)} for s in systems
+    }
+    all_refs: list[str] = []
+    verdicts: list[bool] = []
+    for name, files in sets.items():
+        refs = [p.with_suffix(".txt").read_text(encoding="utf-8") for p in files]
+        runs = {}
+        for system in systems:
+            spec = {
+                "system": system,
+                "model": args.model,
+                "threads": args.threads,
+                "files": [str(p) for p in files],
+                "warmup": str(warmup),
+                "openai_input": openai_input,
+                "ct2_dir": ct2_dir,
+            }
+            if args.profile and system == "ours":
+                spec["profile"] = str(args.profile.with_name(f"{args.profile.name}.{name}.prof"))
+            if args.wait_idle:
+                wait_idle(args.wait_idle)
+            print(f"[{name}] {system}: {len(files)} files ...", flush=True)
+            runs[system] = run_child(spec, args.threads)
+            for f in runs[system]["files"]:
+                f["duration_s"] = durations[f["path"]]
+            a = all_runs[system]
+            a["files"] += runs[system]["files"]
+            a["load_s"] = max(a["load_s"], runs[system]["load_s"])
+            a["peak_rss_mb"] = max(a["peak_rss_mb"], runs[system]["peak_rss_mb"])
+            a["loadavg_start"] = max(a["loadavg_start"], tuple(runs[system]["loadavg_start"]))
+            a["others_cpu_pct"] = max(a.get("others_cpu_pct", 0.0), runs[system]["others_cpu_pct"])
+        audio_s = sum(durations[str(p)] for p in files)
+        rows = summarise(name, runs, refs, audio_s)
+        print_table(f"set '{name}': {len(files)} files, {audio_s:.1f} s of audio, model {args.model}", rows)
+        verdicts += check_targets(name, rows)
+        report["sets"][name] = {"summary": rows, "runs": runs}
+        all_refs += refs
+
+    if len(sets) > 1:
+        total = sum(durations.values())
+        rows = summarise("all", all_runs, all_refs, total)
+        title = f"all sets: {len(all_refs)} files, {total:.1f} s of audio (load s, RSS, load1, other%: max over sets)"
+        print_table(title, rows)
+        verdicts += check_targets("all", rows)
+        report["all"] = rows
+    if args.profile:
+        import pstats
+
+        for name in sets:
+            prof = args.profile.with_name(f"{args.profile.name}.{name}.prof")
+            if prof.is_file():
+                print(f"\n== cProfile of ours on set '{name}' (times inflated by profiling): top 20 by own time")
+                pstats.Stats(str(prof)).sort_stats("tottime").print_stats(20)
+    print(f"\nloadavg at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if verdicts:
+        print(f"targets: {'all met' if all(verdicts) else 'NOT all met'}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=float))
+        print(f"per-file results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

