@@ -16,7 +16,6 @@ import stat
 from collections.abc import Callable, Generator, Iterable, Iterator
 from functools import lru_cache
 from types import TracebackType
-from typing import Self
 
 import av
 import numpy as np
@@ -347,7 +346,7 @@ class MelSource:
             self._stream.close()
         self._stream = self._reader = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> MelSource:
         return self
 
     def __exit__(

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from .audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, MelSource
 from .decoding import TIME_PRECISION, DecodingOptions, DecodingResult, decode_window, detect_language
 from .engines.base import Engine
@@ -153,7 +155,15 @@ def transcribe(
             continue
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
         segment_size = min(N_FRAMES, content_frames - seek, clip_end - seek)
-        features = engine.encode(source.window(seek, segment_size))
+        mel = source.window(seek, segment_size)
+        if np.ptp(mel[:, :segment_size]) < 1e-6:
+            # Flat at the floor: nothing in this window comes within 80 dB of the file's peak
+            # (digital silence). Whisper hallucinates "you" on such input and the no-speech gate
+            # lets it through, so skip the window without decoding it.
+            seek += segment_size
+            _report(progress, seek, content_frames)
+            continue
+        features = engine.encode(mel)
         if options.carry_initial_prompt:
             ignored = max(len(initial_prompt), prompt_reset_since)
             prompt = initial_prompt + all_tokens[ignored:][-remaining_prompt_length:]
