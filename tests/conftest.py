@@ -22,9 +22,11 @@ import torch
 import whisper_coreml as wc
 from whisper_coreml.audio import decode_audio
 from whisper_coreml.catalog import catalog, installed_package, resolve_weights
-from whisper_coreml.weights import Weights
+from whisper_coreml.model import ModelDimensions
+from whisper_coreml.weights import Weights, hf_to_openai_name
 
-torch.set_num_threads(2)
+# 2 threads, as on the CI runners; $WHISPER_COREML_TEST_THREADS overrides (1 is much faster on a busy machine)
+torch.set_num_threads(int(os.environ.get("WHISPER_COREML_TEST_THREADS", "2")))
 
 SHARED = Path(os.environ.get("WHISPER_COREML_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -105,3 +107,56 @@ def base_model(base_weights: Weights) -> wc.WhisperModel:
 @pytest.fixture(scope="session")
 def openai_base(base_weights: Weights) -> Any:
     return openai_whisper_model(base_weights)
+
+
+# --- transformers ---------------------------------------------------------------------------------
+
+
+def hf_config(dims: ModelDimensions) -> Any:
+    transformers = pytest.importorskip("transformers")
+    return transformers.WhisperConfig(
+        vocab_size=dims.n_vocab,
+        num_mel_bins=dims.n_mels,
+        encoder_layers=dims.n_audio_layer,
+        encoder_attention_heads=dims.n_audio_head,
+        decoder_layers=dims.n_text_layer,
+        decoder_attention_heads=dims.n_text_head,
+        d_model=dims.n_audio_state,
+        encoder_ffn_dim=4 * dims.n_audio_state,
+        decoder_ffn_dim=4 * dims.n_text_state,
+        max_source_positions=dims.n_audio_ctx,
+        max_target_positions=dims.n_text_ctx,
+    )
+
+
+def hf_state_dict(hf_names: list[str], sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict under transformers' names, by inverting `hf_to_openai_name` over all of them."""
+    inverse = {name: hf_to_openai_name(name) for name in hf_names}
+    ours = [o for o in inverse.values() if o is not None]
+    assert len(set(ours)) == len(ours), "two transformers names map to one of ours"
+    assert set(ours) == set(sd), f"names not covered by the mapping: {sorted(set(ours) ^ set(sd))[:10]}"
+    # the output projection is tied to the token embedding: the one name mapped to None
+    assert [hf for hf, o in inverse.items() if o is None] == ["proj_out.weight"]
+    out = {hf: sd[o] for hf, o in inverse.items() if o is not None}
+    out["proj_out.weight"] = sd["decoder.token_embedding.weight"]
+    return out
+
+
+def _build_hf_model(weights: Weights, dtype: torch.dtype = torch.float32) -> Any:
+    """transformers' WhisperForConditionalGeneration holding exactly `weights` (in `dtype`).
+
+    Built on the meta device and then handed our tensors, which skips the random initialisation.
+    """
+    transformers = pytest.importorskip("transformers")
+    with torch.device("meta"):
+        model = transformers.WhisperForConditionalGeneration(hf_config(weights.dims))
+    sd = {k: v.to(dtype) for k, v in weights.state_dict.items()}
+    model.load_state_dict(hf_state_dict(list(model.state_dict()), sd), strict=True, assign=True)
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def build_hf_model() -> Callable[..., Any]:
+    """`build_hf_model(weights, dtype=torch.float32)`: a transformers Whisper with our weights."""
+    return _build_hf_model

@@ -44,7 +44,11 @@ def test_sample_to_srt_vtt_and_json(tmp_path: Path) -> None:
     assert cues[0].start.total_seconds() < 1.0 and 8.0 < cues[-1].end.total_seconds() < 10.5
     assert (tmp_path / "espeak_welcome.vtt").read_text().startswith("WEBVTT")
     assert '"language": "en"' in (tmp_path / "espeak_welcome.json").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["espeak_welcome.json", "espeak_welcome.srt", "espeak_welcome.vtt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "espeak_welcome.json",
+        "espeak_welcome.srt",
+        "espeak_welcome.vtt",
+    ]
 
 
 def bad_inputs(folder: Path, shared: Path | None) -> dict[str, str]:

@@ -11,54 +11,10 @@ import torch
 from whisper_coreml.audio import MelSource
 from whisper_coreml.model import ModelDimensions, Whisper
 from whisper_coreml.tokenizer import Tokenizer
-from whisper_coreml.weights import Weights, hf_to_openai_name
+from whisper_coreml.weights import Weights
 
 CLIP = "en/arctic_a0010.wav"
 REFERENCE = "I'm playing a single hand in what looks like a losing game."
-
-
-def hf_config(dims: ModelDimensions):
-    transformers = pytest.importorskip("transformers")
-    return transformers.WhisperConfig(
-        vocab_size=dims.n_vocab,
-        num_mel_bins=dims.n_mels,
-        encoder_layers=dims.n_audio_layer,
-        encoder_attention_heads=dims.n_audio_head,
-        decoder_layers=dims.n_text_layer,
-        decoder_attention_heads=dims.n_text_head,
-        d_model=dims.n_audio_state,
-        encoder_ffn_dim=4 * dims.n_audio_state,
-        decoder_ffn_dim=4 * dims.n_text_state,
-        max_source_positions=dims.n_audio_ctx,
-        max_target_positions=dims.n_text_ctx,
-    )
-
-
-def hf_state_dict(hf_names: list[str], sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our state dict under transformers' names, by inverting `hf_to_openai_name` over them."""
-    inverse = {name: hf_to_openai_name(name) for name in hf_names}
-    mapped = {ours for ours in inverse.values() if ours is not None}
-    assert mapped == set(sd), f"unmapped: {sorted(mapped ^ set(sd))[:10]}"
-    assert len(mapped) == len([o for o in inverse.values() if o is not None]), "two HF names map to one of ours"
-    out = {hf: sd[ours] for hf, ours in inverse.items() if ours is not None}
-    # the output projection is tied to the token embedding: the one name we map to None
-    assert [hf for hf, ours in inverse.items() if ours is None] == ["proj_out.weight"]
-    out["proj_out.weight"] = sd["decoder.token_embedding.weight"]
-    return out
-
-
-def build_hf_model(weights: Weights, dtype: torch.dtype = torch.float32):
-    """transformers' WhisperForConditionalGeneration holding exactly `weights`.
-
-    Built on the meta device and then given our tensors, which skips the random initialisation.
-    """
-    transformers = pytest.importorskip("transformers")
-    with torch.device("meta"):
-        model = transformers.WhisperForConditionalGeneration(hf_config(weights.dims))
-    sd = {k: v.to(dtype) for k, v in weights.state_dict.items()}
-    model.load_state_dict(hf_state_dict(list(model.state_dict()), sd), strict=True, assign=True)
-    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
-    return model.eval()
 
 
 def our_model(weights: Weights) -> Whisper:
@@ -105,11 +61,11 @@ def test_prefix_is_realistic(case: dict) -> None:
     # after <|0.00|> and each reference word piece, the model predicts the next reference piece
     predicted = logits[0, len(tokenizer.sot_sequence) : -1].argmax(-1).tolist()
     expected = tokens[len(tokenizer.sot_sequence) + 1 :].tolist()
-    agree = sum(p == e for p, e in zip(predicted, expected))
+    agree = sum(p == e for p, e in zip(predicted, expected, strict=True))
     assert agree >= len(expected) - 2, (tokenizer.decode(predicted), tokenizer.decode(expected))
 
 
-def test_logits_equal_transformers(case: dict) -> None:
+def test_logits_equal_transformers(case: dict, build_hf_model: Callable) -> None:
     hf = build_hf_model(case["weights"])
     with torch.no_grad():
         expected = hf(input_features=case["mel"], decoder_input_ids=case["tokens"]).logits

@@ -7,6 +7,7 @@ timestamp tokens sit right after `<|notimestamps|>` and are not in the file at a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -39,16 +40,40 @@ LANGUAGES = {
 }  # fmt: skip
 """Language codes in the order of their tokens after <|startoftranscript|>."""
 
+_ALIASES = {
+    "burmese": "my", "valencian": "ca", "flemish": "nl", "haitian": "ht", "letzeburgesch": "lb",
+    "pushto": "ps", "panjabi": "pa", "moldavian": "ro", "moldovan": "ro", "sinhalese": "si",
+    "castilian": "es", "mandarin": "zh",
+}  # fmt: skip
+"""Other names openai-whisper accepts for the same languages."""
+
 
 def language_code(name_or_code: str) -> str:
     """Accept 'en', 'English' or 'english'; raise ValueError listing the choices otherwise."""
     key = name_or_code.strip().lower()
     if key in LANGUAGES:
         return key
-    by_name = {name: code for code, name in LANGUAGES.items()}
+    by_name = {name: code for code, name in LANGUAGES.items()} | _ALIASES
     if key in by_name:
         return by_name[key]
     raise ValueError(f"unknown language '{name_or_code}'; use a code such as {', '.join(list(LANGUAGES)[:12])}, ...")
+
+
+def _load_bpe(file: Path) -> BPE:
+    """The BPE from `tokenizer.json`, repairing a known defect of early Hugging Face conversions.
+
+    Multilingual Whisper tokenizers converted before transformers#29368 lack the very first
+    merge, "Ġ t", so " the" encodes as two tokens instead of openai's one. Prompts would then
+    differ from what the model was trained on; restoring the merge makes them identical.
+    """
+    data = json.loads(Path(file).read_text(encoding="utf-8"))
+    model = data.get("model", {})
+    merges = model.get("merges")
+    if model.get("type") == "BPE" and merges and "Ġt" in model.get("vocab", {}):
+        first = ["Ġ", "t"] if isinstance(merges[0], list) else "Ġ t"
+        if first not in merges:
+            model["merges"] = [first, *merges]
+    return BPE.from_str(json.dumps(data))
 
 
 class Tokenizer:
@@ -63,7 +88,7 @@ class Tokenizer:
         task: str = "transcribe",
     ) -> None:
         try:
-            self.bpe = BPE.from_file(str(file))
+            self.bpe = _load_bpe(file)
         except Exception as e:
             raise ModelError(f"{file}: not a readable tokenizer.json ({e})") from e
         self.file = file

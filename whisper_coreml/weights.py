@@ -198,10 +198,11 @@ def _parse_ct2(buf: memoryview) -> dict[str, np.ndarray]:
 
 
 def _ct2_linear(arrays: dict[str, np.ndarray], prefix: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A linear layer's weight (dequantised if int8) and bias."""
+    """A layer's weight (dequantised if int8: one scale per output row) and bias."""
     weight = arrays[f"{prefix}/weight"]
     if weight.dtype == np.int8:
-        weight = weight.astype(np.float32) / arrays[f"{prefix}/weight_scale"].reshape(-1, 1)
+        scale = arrays[f"{prefix}/weight_scale"].astype(np.float32)
+        weight = weight.astype(np.float32) / scale.reshape(-1, *[1] * (weight.ndim - 1))
     bias = arrays.get(f"{prefix}/bias")
     return torch.from_numpy(weight.copy()), None if bias is None else torch.from_numpy(bias.copy())
 
@@ -247,7 +248,7 @@ def _ct2_to_openai(arrays: dict[str, np.ndarray]) -> StateDict:
     linear("encoder/conv2", "encoder.conv2")
     sd["encoder.positional_embedding"] = tensor("encoder/position_encodings/encodings")
     norm("encoder/layer_norm", "encoder.ln_post")
-    sd["decoder.token_embedding.weight"] = tensor("decoder/embeddings/weight")
+    sd["decoder.token_embedding.weight"] = _ct2_linear(arrays, "decoder/embeddings")[0]
     sd["decoder.positional_embedding"] = tensor("decoder/position_encodings/encodings")
     norm("decoder/layer_norm", "decoder.ln")
     for side in ("encoder", "decoder"):
@@ -268,7 +269,7 @@ def read_ctranslate2(directory: Path, parts: Sequence[Path]) -> Weights:
         arrays = _parse_ct2(memoryview(data))
         sd = _ct2_to_openai(arrays)
         dims = _dims_from_state_dict(sd, int(arrays["encoder/num_heads"]), int(arrays["decoder/num_heads"]))
-    except (OSError, ValueError, KeyError, struct.error, AssertionError) as e:
+    except (OSError, ValueError, KeyError, IndexError, struct.error, AssertionError) as e:
         raise ModelError(f"{parts[0]}: not a readable CTranslate2 Whisper model ({e})") from e
     config_file = directory / "config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
