@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 
 from .audio import MelSource
-from .catalog import default_model, find_tokenizer, resolve_weights
-from .engines import create_engine
+from .catalog import default_model, find_bundle, find_tokenizer, models_dir, resolve_weights
+from .coreml.bundle import load_bundle
+from .engines import create_bundle_engine, create_torch_engine, resolve_engine_name
 from .engines.base import Engine
+from .errors import ModelError
 from .result import TranscriptionResult
 from .tokenizer import Tokenizer, language_code
 from .transcribe import Progress, TranscriptionOptions
@@ -75,16 +77,33 @@ class WhisperModel:
         return options
 
 
-def load_model(model: str | None = None, engine: str = "torch", device: str | None = None) -> WhisperModel:
-    """Load a model by catalog name (e.g. 'tiny.en', 'base') or path, on the chosen engine."""
+def load_model(model: str | None = None, engine: str = "auto", device: str | None = None) -> WhisperModel:
+    """Load a model by catalog name (e.g. 'tiny.en', 'base') or path, on the chosen engine.
+
+    `coreml` and `mil` run a converted bundle (a bundle path, or `models/<name>-coreml`);
+    `torch` runs the original weights (for a bundle path: the weights it was converted from);
+    `auto` is Core ML on macOS when a bundle exists, PyTorch otherwise.
+    """
     name = model or default_model()
+    bundle_path = find_bundle(name)
+    engine = resolve_engine_name(engine, bundle_path is not None)
+    if engine in ("coreml", "mil"):
+        if bundle_path is None:
+            raise ModelError(
+                f"no converted Core ML bundle for '{name}' (looked for {models_dir() / (name + '-coreml')}); "
+                f"run: whisper-coreml convert {name}"
+            )
+        bundle = load_bundle(bundle_path)
+        return WhisperModel(create_bundle_engine(bundle, engine), bundle.tokenizer(), bundle.manifest.name)
+    if bundle_path is not None and Path(name).expanduser().exists():
+        name = load_bundle(bundle_path, verify_checksums=False).manifest.name
     weights = resolve_weights(name)
     tokenizer = Tokenizer(find_tokenizer(weights), weights.dims.n_vocab, weights.dims.num_languages)
-    return WhisperModel(create_engine(engine, weights, device), tokenizer, name)
+    return WhisperModel(create_torch_engine(weights, device), tokenizer, name)
 
 
 def transcribe(audio: str | Path | np.ndarray, model: str | None = None, **options: Any) -> TranscriptionResult:
     """One-shot shortcut: load `model` and transcribe `audio` with it."""
-    engine = options.pop("engine", "torch")
+    engine = options.pop("engine", "auto")
     device = options.pop("device", None)
     return load_model(model, engine=engine, device=device).transcribe(audio, **options)

@@ -114,6 +114,16 @@ def unknown_model_message(name: str) -> str:
     return f"unknown model '{name}': not a path, and not one of {', '.join(catalog())}"
 
 
+def find_bundle(model: str) -> Path | None:
+    """A converted bundle for `model`: the path itself, or `<models dir>/<name>-coreml`."""
+    from .coreml.bundle import is_bundle
+
+    for candidate in (Path(model).expanduser(), models_dir() / f"{model}-coreml"):
+        if is_bundle(candidate):
+            return candidate
+    return None
+
+
 def resolve_weights(model: str) -> Weights:
     """Read the weights `model` names (a path or a catalog name), in the documented order."""
     path = Path(model).expanduser()

@@ -43,7 +43,7 @@ def transcribe_command(
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write outputs.")] = None,
     initial_prompt: Annotated[str | None, typer.Option(help="Text that primes spelling and style.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Fixed temperature; default falls back 0 -> 1.")] = None,
-    engine: Annotated[str, typer.Option(help="Inference engine.")] = "torch",
+    engine: Annotated[str, typer.Option(help="auto, torch, coreml (macOS) or mil (converted model, any OS).")] = "auto",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, mps or auto (torch engine).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only errors.")] = False,
 ) -> None:
@@ -155,6 +155,62 @@ def models_command() -> None:
         )
         table.add_row(name + (" (default)" if name == default_model() else ""), entry.hf, offline)
     Console().print(table)
+
+
+@app.command("convert")
+def convert_command(
+    model: Annotated[str, typer.Argument(help="Catalog name (tiny.en, base, ...) or weights path.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Bundle directory.")] = None,
+    precision: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
+    compute_units: Annotated[str, typer.Option(help="all, cpu_and_ne, cpu_and_gpu or cpu_only.")] = "all",
+    minimum_deployment_target: Annotated[
+        str, typer.Option(help="macOS15 (stateful decoder), macOS14 or macOS13 (stateless).")
+    ] = "macOS15",
+    quantize: Annotated[str, typer.Option(help="none, int8, palettize-6 or palettize-4.")] = "none",
+    max_tokens: Annotated[int, typer.Option(help="Decoder context (tokens).")] = 448,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+) -> None:
+    """Convert a Whisper model into Core ML programs (encoder + KV-cached decoder) and a manifest."""
+    from .coreml.convert import convert
+
+    report_stage = None if quiet else (lambda stage: stderr.print(stage, markup=False))
+    try:
+        report = convert(
+            model,
+            output,
+            precision=precision,
+            compute_units=compute_units,
+            minimum_deployment_target=minimum_deployment_target,
+            quantize=quantize,
+            max_tokens=max_tokens,
+            progress=report_stage,
+        )
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+    except WhisperCoreMLError as e:
+        raise fail(str(e)) from None
+    if not quiet:
+        for line in report.lines():
+            stderr.print(line, markup=False, soft_wrap=True)
+
+
+@app.command("verify")
+def verify_command(
+    bundle: Annotated[Path, typer.Argument(help="A converted bundle directory.")],
+    audio: Annotated[Path | None, typer.Option(help="Speech to compare on (default: the bundled sample).")] = None,
+    engine: Annotated[str, typer.Option(help="auto (Core ML on macOS, mil elsewhere), coreml or mil.")] = "auto",
+) -> None:
+    """Check a converted bundle against the PyTorch model: PSNR, argmax agreement, transcripts."""
+    from .verify import verify
+
+    try:
+        report = verify(bundle, audio, engine)
+    except WhisperCoreMLError as e:
+        raise fail(str(e)) from None
+    for line in report.lines():
+        Console(highlight=False).print(line, markup=False, soft_wrap=True)
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -1,0 +1,427 @@
+"""`whisper-coreml convert`: our Whisper module, traced and converted to Core ML ML programs.
+
+The bundle holds `encoder.mlpackage` (log-mel in; encoder output and every decoder layer's
+cross-attention keys/values out, once per 30-s window), `decoder.mlpackage` (one token per
+call, static shapes), `manifest.json` and `tokenizer.json`. For macOS 15 the decoder keeps its
+self-attention cache and the cross-attention keys/values as Core ML state; for macOS 13/14 it
+is stateless and the caller passes the cache in and gets the new slice out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..catalog import catalog, find_tokenizer, installed_package, models_dir, resolve_weights
+from ..errors import ModelError
+from ..model import Whisper
+from ..tokenizer import Tokenizer
+from ..weights import Weights
+from . import bundle as B
+from . import import_coremltools
+from .export import EncoderExport, StatefulDecoderExport, StatelessDecoderExport, default_alignment_heads
+
+Progress = Callable[[str], None]
+"""Called with a short description of each stage as it starts."""
+
+COMPILE_NOTE = (
+    "compiling to .mlmodelc needs macOS; the coreml engine compiles the .mlpackage files "
+    "on first load there and caches the result"
+)
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    """What a conversion produced and what it cost."""
+
+    bundle: Path
+    seconds: float
+    peak_rss_bytes: int  # the process's peak resident memory (includes anything it held before)
+    encoder_bytes: int
+    decoder_bytes: int
+    total_bytes: int
+    stateful: bool
+    per_token_in_bytes: int  # what each decoder call moves into the model
+    per_token_out_bytes: int  # and out of it
+    per_window_bytes: int  # cross-attention keys/values written into the decoder's state once per window
+    compiled: bool
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def lines(self) -> list[str]:
+        """A human summary, one fact per line."""
+        mb = 1024 * 1024
+        kind = "stateful (macOS 15)" if self.stateful else "stateless (macOS 13/14)"
+        out = [
+            f"bundle: {self.bundle}",
+            f"size: {self.total_bytes / mb:.1f} MiB (encoder {self.encoder_bytes / mb:.1f}, decoder "
+            f"{self.decoder_bytes / mb:.1f})",
+            f"decoder: {kind}; per token {self.per_token_in_bytes:,} bytes in, {self.per_token_out_bytes:,} bytes out"
+            + (f"; {self.per_window_bytes:,} bytes of cross-attention state per window" if self.stateful else ""),
+            f"took {self.seconds:.1f} s, peak memory {self.peak_rss_bytes / mb:.0f} MiB",
+        ]
+        return out + list(self.notes)
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def weights_checksum(weights: Weights) -> str:
+    """SHA-256 over the state dict (names, dtypes, shapes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(weights.state_dict):
+        t = weights.state_dict[name].detach().contiguous().cpu()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
+    """Silence coremltools' own progress bars and notices (our `progress` callback reports the stages)."""
+    if verbose:
+        yield
+        return
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _ct() -> Any:
+    try:
+        ct = import_coremltools()
+    except ImportError as e:
+        raise ModelError(f"converting to Core ML needs coremltools (pip install coremltools): {e}") from e
+    return ct
+
+
+def _quantize(mlmodel: Any, quantize: str, target: str) -> Any:
+    """Compress the weights with coremltools.optimize (int8 linear, or k-means palettes)."""
+    if quantize == "none":
+        return mlmodel
+    import coremltools.optimize.coreml as cto
+
+    if quantize == "int8":
+        config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=config))
+    nbits = {"palettize-6": 6, "palettize-4": 4}[quantize]
+    per_tensor = cto.OpPalettizerConfig(nbits=nbits, mode="kmeans", granularity="per_tensor")
+    if nbits == 4 and target == "macOS15":
+        # Per-group palettes (macOS 15 only) keep 4 bits usable. The token embedding, which a
+        # gather and the logits share, cannot be grouped, and one 4-bit palette ruins the logits:
+        # it gets a 6-bit palette.
+        grouped = cto.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_grouped_channel", group_size=16)
+        embedding = cto.OpPalettizerConfig(nbits=6, mode="kmeans", granularity="per_tensor")
+        shared = {name: embedding for name in _gathered_consts(mlmodel)}
+        return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=grouped, op_name_configs=shared))
+    return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=per_tensor))
+
+
+def _gathered_consts(mlmodel: Any) -> list[str]:
+    """Names of the constants a gather reads (embedding tables)."""
+    ops = mlmodel._mil_program.functions["main"].operations
+    return [
+        op.name
+        for op in ops
+        if op.op_type == "const" and any(child.op_type == "gather" for child in op.outputs[0].child_ops)
+    ]
+
+
+def _validate(precision: str, compute_units: str, target: str, quantize: str, max_tokens: int, n_ctx: int) -> None:
+    for value, choices, option in (
+        (precision, B.PRECISIONS, "--precision"),
+        (compute_units, B.COMPUTE_UNITS, "--compute-units"),
+        (target, B.DEPLOYMENT_TARGETS, "--minimum-deployment-target"),
+        (quantize, B.QUANTIZATIONS, "--quantize"),
+    ):
+        if value not in choices:
+            raise ModelError(f"{option} {value}: choose one of {', '.join(choices)}")
+    if not 1 <= max_tokens <= n_ctx:
+        raise ModelError(f"--max-tokens {max_tokens}: must be between 1 and the model's {n_ctx} text positions")
+
+
+def model_name(model: str | Weights) -> str:
+    """The catalog name when there is one (also for weights read from an installed package), else the file name."""
+    if isinstance(model, Weights):
+        for entry in catalog().values():
+            found = installed_package(entry)
+            if found is not None and found[0].resolve() == Path(model.source).resolve():
+                return entry.name
+        return Path(model.source).name
+    return Path(model).name if Path(model).expanduser().exists() else model
+
+
+def convert(
+    model: str | Weights,
+    output_dir: str | Path | None = None,
+    *,
+    precision: str = "float16",
+    compute_units: str = "all",
+    minimum_deployment_target: str = "macOS15",
+    quantize: str = "none",
+    max_tokens: int = 448,
+    name: str | None = None,
+    compile: bool | None = None,
+    progress: Progress | None = None,
+    verbose: bool = False,
+) -> ConvertReport:
+    """Convert `model` (catalog name, path or `Weights`) into a bundle at `output_dir`.
+
+    The default directory is `<models dir>/<name>-coreml`; `name` defaults to the catalog name.
+    The bundle is assembled next to its destination and moved into place at the end, so an
+    interrupted run leaves no half bundle.
+    `compile` defaults to "on macOS"; elsewhere the report carries a note instead. `verbose`
+    lets coremltools print its own progress bars and notices.
+    """
+    started = time.perf_counter()
+    real_stderr = sys.stderr
+
+    def say(stage: str) -> None:
+        if progress is not None:
+            with contextlib.redirect_stderr(real_stderr):  # past _quiet's redirection
+                progress(stage)
+
+    ct = _ct()
+    say("reading weights")
+    weights = model if isinstance(model, Weights) else resolve_weights(model)
+    dims = weights.dims
+    name = name or model_name(model)
+    _validate(precision, compute_units, minimum_deployment_target, quantize, max_tokens, dims.n_text_ctx)
+    tokenizer_file = find_tokenizer(weights)
+    tokenizer = Tokenizer(tokenizer_file, dims.n_vocab, dims.num_languages)
+    heads = weights.alignment_heads or default_alignment_heads(dims.n_text_layer, dims.n_text_head)
+    stateful = minimum_deployment_target == "macOS15"
+    target = getattr(ct.target, minimum_deployment_target)
+    float_dtype = np.float16 if precision == "float16" else np.float32
+    compute_precision = ct.precision.FLOAT16 if precision == "float16" else ct.precision.FLOAT32
+    destination = Path(output_dir) if output_dir is not None else models_dir() / f"{name}-coreml"
+    destination = destination.expanduser().resolve()
+    _check_replaceable(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+
+    whisper = Whisper(dims)
+    whisper.load_state_dict({k: v.float() for k, v in weights.state_dict.items()})
+    whisper.eval()
+    work = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        with _quiet(verbose), torch.no_grad():
+            say("tracing the encoder")
+            mel = torch.zeros(1, dims.n_mels, 3000)
+            traced = torch.jit.trace(EncoderExport(whisper).eval(), mel, check_trace=False)
+            say("converting the encoder")
+            encoder = ct.convert(
+                traced,
+                inputs=[ct.TensorType("mel", tuple(mel.shape), dtype=float_dtype)],
+                outputs=[ct.TensorType(n, dtype=float_dtype) for n in ("audio_features", "cross_k", "cross_v")],
+                minimum_deployment_target=target,
+                compute_precision=compute_precision,
+                convert_to="mlprogram",
+                skip_model_load=True,
+            )
+            del traced
+            if quantize != "none":
+                say(f"compressing the encoder ({quantize})")
+                encoder = _quantize(encoder, quantize, minimum_deployment_target)
+            _metadata(encoder, name, "Whisper audio encoder")
+            say("saving the encoder")
+            encoder.save(str(work / B.ENCODER))
+            del encoder
+
+            say("tracing the decoder")
+            decoder = _convert_decoder(ct, whisper, max_tokens, heads, stateful, float_dtype, target, compute_precision)
+            if quantize != "none":
+                say(f"compressing the decoder ({quantize})")
+                decoder = _quantize(decoder, quantize, minimum_deployment_target)
+            _metadata(decoder, name, "Whisper text decoder, one token per call")
+            say("saving the decoder")
+            decoder.save(str(work / B.DECODER))
+            del decoder
+        shutil.copyfile(tokenizer_file, work / B.TOKENIZER)
+
+        say("writing the manifest")
+        encoder_io = B.describe_package(work / B.ENCODER)
+        decoder_io = B.describe_package(work / B.DECODER)
+        traffic = token_traffic(decoder_io, stateful)
+        manifest = B.Manifest(
+            name=name,
+            dims=dims,
+            special_tokens=B.special_tokens(tokenizer),
+            alignment_heads=tuple(heads),
+            precision=precision,
+            compute_units=compute_units,
+            minimum_deployment_target=minimum_deployment_target,
+            quantize=quantize,
+            stateful=stateful,
+            max_tokens=max_tokens,
+            encoder=encoder_io,
+            decoder=decoder_io,
+            files=B.package_files(work, (B.ENCODER, B.DECODER)),
+            source={"weights": weights.source, "format": weights.format, "sha256": weights_checksum(weights)},
+            versions=_versions(ct),
+            traffic=traffic,
+        )
+        (work / B.MANIFEST).write_text(B.dump_manifest(manifest))
+
+        notes: list[str] = []
+        compiled = False
+        if compile is None:
+            compile = sys.platform == "darwin"
+        if compile and sys.platform == "darwin":
+            say("compiling for this Mac")
+            for package in (B.ENCODER, B.DECODER):
+                ct.models.utils.compile_model(
+                    str(work / package), str(work / package.replace(".mlpackage", ".mlmodelc"))
+                )
+            compiled = True
+        else:
+            notes.append(COMPILE_NOTE)
+
+        work.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from other users
+        if destination.exists():
+            _check_replaceable(destination)
+            old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+            destination.rename(old)
+            work.rename(destination)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            work.rename(destination)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+    def size(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+    encoder_bytes, decoder_bytes = size(destination / B.ENCODER), size(destination / B.DECODER)
+    return ConvertReport(
+        bundle=destination,
+        seconds=time.perf_counter() - started,
+        peak_rss_bytes=peak_rss_bytes(),
+        encoder_bytes=encoder_bytes,
+        decoder_bytes=decoder_bytes,
+        total_bytes=size(destination),
+        stateful=stateful,
+        per_token_in_bytes=traffic["per_token_in"],
+        per_token_out_bytes=traffic["per_token_out"],
+        per_window_bytes=traffic["per_window"],
+        compiled=compiled,
+        notes=tuple(notes),
+    )
+
+
+def _check_replaceable(destination: Path) -> None:
+    """Only an earlier bundle or an empty directory may be replaced."""
+    if destination.is_file() or (destination.is_dir() and not B.is_bundle(destination) and any(destination.iterdir())):
+        raise ModelError(f"{destination}: exists and is not a whisper-coreml bundle; not overwriting it")
+
+
+def _convert_decoder(
+    ct: Any,
+    whisper: Whisper,
+    max_tokens: int,
+    heads: tuple[tuple[int, int], ...],
+    stateful: bool,
+    float_dtype: type,
+    target: Any,
+    compute_precision: Any,
+) -> Any:
+    dims = whisper.dims
+    head_dim = dims.n_text_state // dims.n_text_head
+    cache = (dims.n_text_layer, dims.n_text_head, max_tokens, head_dim)
+    cross = (dims.n_text_layer, dims.n_text_head, dims.n_audio_ctx, head_dim)
+    token = torch.zeros(1, 1, dtype=torch.int32)
+    position = torch.zeros(1, dtype=torch.int32)
+    inputs = [ct.TensorType("token", (1, 1), dtype=np.int32), ct.TensorType("position", (1,), dtype=np.int32)]
+    outputs = [ct.TensorType("logits", dtype=float_dtype), ct.TensorType("alignment", dtype=float_dtype)]
+    if stateful:
+        # Core ML states are float16 only: at float32 precision the caches are still stored in float16.
+        module = StatefulDecoderExport(whisper, max_tokens, heads, torch.float16).eval()
+        traced = torch.jit.trace(module, (token, position), check_trace=False)
+        states = [
+            ct.StateType(ct.TensorType(shape=tuple(getattr(module, n).shape), dtype=np.float16), name=n)
+            for n in StatefulDecoderExport.STATES
+        ]
+        extra: dict[str, Any] = {"states": states}
+    else:
+        module = StatelessDecoderExport(whisper, max_tokens, heads).eval()
+        example = (
+            token,
+            position,
+            torch.zeros(cache),
+            torch.zeros(cache),
+            torch.zeros(cross),
+            torch.zeros(cross),
+            torch.zeros(1, max_tokens),
+        )
+        traced = torch.jit.trace(module, example, check_trace=False)
+        inputs += [
+            ct.TensorType("k_cache", cache, dtype=float_dtype),
+            ct.TensorType("v_cache", cache, dtype=float_dtype),
+            ct.TensorType("cross_k", cross, dtype=float_dtype),
+            ct.TensorType("cross_v", cross, dtype=float_dtype),
+            ct.TensorType("mask", (1, max_tokens), dtype=float_dtype),
+        ]
+        outputs += [ct.TensorType("k_new", dtype=float_dtype), ct.TensorType("v_new", dtype=float_dtype)]
+        extra = {}
+    return ct.convert(
+        traced,
+        inputs=inputs,
+        outputs=outputs,
+        minimum_deployment_target=target,
+        compute_precision=compute_precision,
+        convert_to="mlprogram",
+        skip_model_load=True,
+        **extra,
+    )
+
+
+def token_traffic(decoder: B.ModelIO, stateful: bool) -> dict[str, int]:
+    """Bytes each decoder call moves in and out, and (stateful) the cross-attention state loaded per window."""
+    per_window = sum(t.nbytes for t in decoder.states if t.name in ("cross_k", "cross_v")) if stateful else 0
+    return {
+        "per_token_in": sum(t.nbytes for t in decoder.inputs),
+        "per_token_out": sum(t.nbytes for t in decoder.outputs),
+        "per_window": per_window,
+    }
+
+
+def _metadata(mlmodel: Any, name: str, description: str) -> None:
+    mlmodel.short_description = f"{description} ({name})"
+    mlmodel.user_defined_metadata["whisper_coreml.model"] = name
+
+
+def _versions(ct: Any) -> dict[str, str]:
+    from .. import __version__
+
+    return {
+        "whisper_coreml": __version__,
+        "coremltools": ct.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
