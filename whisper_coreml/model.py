@@ -102,11 +102,18 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(n_state, 4 * n_state), nn.GELU(), nn.Linear(4 * n_state, n_state))
         self.mlp_ln = LayerNorm(n_state)
 
-    def forward(self, x: Tensor, self_kv: KV, cross_kv: KV | None = None, mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn.attend(self.attn_ln(x), *self_kv, mask=mask)
+    def forward(
+        self, x: Tensor, past: KV | None = None, cross_kv: KV | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor, KV]:
+        """The block's output and its self-attention keys/values (`past` ones first, if given)."""
+        h = self.attn_ln(x)
+        k, v = self.attn.project_kv(h)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        x = x + self.attn.attend(h, k, v, mask=mask)
         if self.cross_attn is not None and self.cross_attn_ln is not None and cross_kv is not None:
             x = x + self.cross_attn.attend(self.cross_attn_ln(x), *cross_kv)
-        return x + self.mlp(self.mlp_ln(x))
+        return x + self.mlp(self.mlp_ln(x)), (k, v)
 
 
 class AudioEncoder(nn.Module):
@@ -125,7 +132,7 @@ class AudioEncoder(nn.Module):
         x = F.gelu(self.conv2(x)).permute(0, 2, 1)
         x = (x + self.positional_embedding).to(x.dtype)
         for block in self.blocks:
-            x = block(x, block.attn.project_kv(block.attn_ln(x)))
+            x, _ = block(x)
         return self.ln_post(x)
 
 
@@ -173,11 +180,8 @@ class TextDecoder(nn.Module):
             mask = torch.full((t, offset + t), float("-inf"), device=x.device).triu_(offset + 1)
         new_cache: list[KV] = []
         for i, block in enumerate(self.blocks):
-            k, v = block.attn.project_kv(block.attn_ln(x))
-            if cache is not None:
-                k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
-            new_cache.append((k, v))
-            x = block(x, (k, v), cross_kv[i], mask)
+            x, kv = block(x, None if cache is None else cache[i], cross_kv[i], mask)
+            new_cache.append(kv)
         return x, new_cache
 
 

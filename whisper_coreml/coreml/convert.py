@@ -228,6 +228,16 @@ def convert(
     whisper.load_state_dict({k: v.float() for k, v in weights.state_dict.items()})
     whisper.eval()
     work = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+
+    def finish(mlmodel: Any, part: str, package: str, description: str) -> None:
+        """Compress (if asked), describe and save one converted program into the bundle."""
+        if quantize != "none":
+            say(f"compressing the {part} ({quantize})")
+            mlmodel = _quantize(mlmodel, quantize, minimum_deployment_target)
+        _metadata(mlmodel, name, description)
+        say(f"saving the {part}")
+        mlmodel.save(str(work / package))
+
     try:
         with _quiet(verbose), torch.no_grad():
             say("tracing the encoder")
@@ -244,22 +254,12 @@ def convert(
                 skip_model_load=True,
             )
             del traced
-            if quantize != "none":
-                say(f"compressing the encoder ({quantize})")
-                encoder = _quantize(encoder, quantize, minimum_deployment_target)
-            _metadata(encoder, name, "Whisper audio encoder")
-            say("saving the encoder")
-            encoder.save(str(work / B.ENCODER))
+            finish(encoder, "encoder", B.ENCODER, "Whisper audio encoder")
             del encoder
 
             say("tracing the decoder")
             decoder = _convert_decoder(ct, whisper, max_tokens, heads, stateful, float_dtype, target, compute_precision)
-            if quantize != "none":
-                say(f"compressing the decoder ({quantize})")
-                decoder = _quantize(decoder, quantize, minimum_deployment_target)
-            _metadata(decoder, name, "Whisper text decoder, one token per call")
-            say("saving the decoder")
-            decoder.save(str(work / B.DECODER))
+            finish(decoder, "decoder", B.DECODER, "Whisper text decoder, one token per call")
             del decoder
         shutil.copyfile(tokenizer_file, work / B.TOKENIZER)
 
