@@ -26,9 +26,7 @@ from whisper_coreml.audio import (
 )
 from whisper_coreml.errors import AudioError
 
-SHARED = Path(
-    os.environ.get("WHISPER_COREML_SHARED", Path(__file__).resolve().parents[2] / "shared")
-)
+SHARED = Path(os.environ.get("WHISPER_COREML_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 EN_WAV = "en/arctic_a0010.wav"  # 16 kHz mono, 3.6 s
 LJ_WAV = "en/ljspeech_LJ001-0001.wav"  # 22.05 kHz mono, resampled
@@ -254,9 +252,7 @@ def openai_windows(audio: np.ndarray, n_mels: int, seeks: list[tuple[int, int]])
     content_frames = mel.shape[-1] - N_FRAMES
     pad_or_trim = openai_audio().pad_or_trim
     return [
-        pad_or_trim(
-            mel[:, seek : seek + min(N_FRAMES, content_frames - seek, end - seek)], N_FRAMES
-        )
+        pad_or_trim(mel[:, seek : seek + min(N_FRAMES, content_frames - seek, end - seek)], N_FRAMES)
         for seek, end in seeks
     ]
 
@@ -268,9 +264,7 @@ def window_plan(n_frames: int) -> list[tuple[int, int]]:
     return sorted((seek, end) for seek, end in plan if 0 <= seek < n_frames)
 
 
-@pytest.mark.parametrize(
-    ("name", "n_mels"), [(EN_WAV, 80), (LONG_WAV, 80), (LONG_WAV, 128), (FLAC, 128), (MP3, 80)]
-)
+@pytest.mark.parametrize(("name", "n_mels"), [(EN_WAV, 80), (LONG_WAV, 80), (LONG_WAV, 128), (FLAC, 128), (MP3, 80)])
 def test_mel_source_windows_equal_openai_transcribe(name: str, n_mels: int) -> None:
     audio = decoded(name)
     with MelSource.from_file(speech(name), n_mels) as source:

@@ -16,6 +16,8 @@ from whisper_coreml.result import Segment, TranscriptionResult, Word
 from whisper_coreml.writers import (
     FORMATS,
     WRITERS,
+    WriteOptions,
+    cues_for,
     output_path_for,
     parse_formats,
     write_result,
@@ -42,10 +44,16 @@ def seg(i: int, start: float, end: float, text: str, words: tuple[Word, ...] | N
     )
 
 
+RAW = WriteOptions(cues="raw")
+
+
+def render(fmt: str, result: TranscriptionResult, options: WriteOptions = RAW) -> str:
+    """`fmt`'s file contents for `result`, one cue per segment unless `options` say otherwise."""
+    return WRITERS[fmt].render(result, cues_for(result, options), options)
+
+
 def make_result(*segments: Segment, duration: float = 10.0) -> TranscriptionResult:
-    return TranscriptionResult(
-        segments=segments, language="en", duration=duration, model="base.en", task="transcribe"
-    )
+    return TranscriptionResult(segments=segments, language="en", duration=duration, model="base.en", task="transcribe")
 
 
 @pytest.fixture
@@ -88,7 +96,7 @@ def test_format_timestamp_handles_more_than_99_hours() -> None:
 
 
 def test_srt_round_trips_times_and_texts(result: TranscriptionResult) -> None:
-    text = WRITERS["srt"].render(result)
+    text = render("srt", result)
     subs = list(srt.parse(text))
     assert [s.index for s in subs] == [1, 2, 3]
     assert [s.content for s in subs] == ["Hello there.", "General Kenobi!", "Last line."]
@@ -106,7 +114,7 @@ def test_srt_clamps_inverted_end_and_keeps_overlaps_in_order() -> None:
         seg(1, 1.0, 6.0, "overlaps and starts earlier"),
         seg(2, -0.5, 0.5, "negative start"),
     )
-    subs = list(srt.parse(WRITERS["srt"].render(result)))
+    subs = list(srt.parse(render("srt", result)))
     assert [(s.index, s.content) for s in subs] == [
         (1, "inverted"),
         (2, "overlaps and starts earlier"),
@@ -118,12 +126,12 @@ def test_srt_clamps_inverted_end_and_keeps_overlaps_in_order() -> None:
 
 def test_srt_keeps_cue_structure_when_text_has_blank_lines_or_arrows() -> None:
     result = make_result(seg(0, 0, 1, "one\n\n\ntwo --> three"), seg(1, 1, 2, "next"))
-    subs = list(srt.parse(WRITERS["srt"].render(result)))
+    subs = list(srt.parse(render("srt", result)))
     assert [s.content for s in subs] == ["one\ntwo -> three", "next"]
 
 
 def test_srt_hours_beyond_99() -> None:
-    text = WRITERS["srt"].render(make_result(seg(0, 360_000.0, 360_001.25, "late")))
+    text = render("srt", make_result(seg(0, 360_000.0, 360_001.25, "late")))
     assert text == "1\n100:00:00,000 --> 100:00:01,250\nlate\n\n"
 
 
@@ -131,7 +139,7 @@ def test_srt_hours_beyond_99() -> None:
 
 
 def test_vtt_exact_text(result: TranscriptionResult) -> None:
-    assert WRITERS["vtt"].render(result) == (
+    assert render("vtt", result) == (
         "WEBVTT\n"
         "\n"
         "00:00:00.000 --> 00:00:02.500\n"
@@ -146,7 +154,7 @@ def test_vtt_exact_text(result: TranscriptionResult) -> None:
 
 
 def test_vtt_escapes_markup_characters() -> None:
-    text = WRITERS["vtt"].render(make_result(seg(0, 0, 1, " a < b && c > d --> e ")))
+    text = render("vtt", make_result(seg(0, 0, 1, " a < b && c > d --> e ")))
     assert text.splitlines()[3] == "a &lt; b &amp;&amp; c &gt; d --&gt; e"
 
 
@@ -154,7 +162,7 @@ def test_vtt_escapes_markup_characters() -> None:
 
 
 def test_txt_one_stripped_segment_per_line(result: TranscriptionResult) -> None:
-    assert WRITERS["txt"].render(result) == "Hello there.\nGeneral Kenobi!\nLast line.\n"
+    assert render("txt", result) == "Hello there.\nGeneral Kenobi!\nLast line.\n"
 
 
 # --- JSON -------------------------------------------------------------------------------
@@ -163,7 +171,7 @@ def test_txt_one_stripped_segment_per_line(result: TranscriptionResult) -> None:
 def test_json_round_trips_with_rounded_fields() -> None:
     words = (Word(0.1234, 0.98765, " Hello", 0.912345678), Word(0.98765, 1.5, " world", 0.5))
     result = make_result(seg(0, 0.1234, 1.5, " Hello world", words), duration=12.3456789)
-    data = json.loads(WRITERS["json"].render(result))
+    data = json.loads(render("json", result))
     assert list(data) == ["text", "language", "duration", "model", "task", "segments"]
     assert data["text"] == " Hello world"
     assert (data["language"], data["model"], data["task"]) == ("en", "base.en", "transcribe")
@@ -196,8 +204,8 @@ def test_json_round_trips_with_rounded_fields() -> None:
 
 def test_json_is_stable_indented_and_keeps_non_ascii_and_blank_segments() -> None:
     result = make_result(seg(0, 0, 1, TRICKY), seg(1, 1, 2, "  "))
-    text = WRITERS["json"].render(result)
-    assert text == WRITERS["json"].render(result)
+    text = render("json", result)
+    assert text == render("json", result)
     assert '\n  "language": "en",\n' in text
     assert text.endswith("}\n")
     assert "안녕하세요" in text
@@ -207,7 +215,7 @@ def test_json_is_stable_indented_and_keeps_non_ascii_and_blank_segments() -> Non
 
 def test_json_writes_non_finite_scores_as_null() -> None:
     bad = replace(seg(0, 0, 1, "x"), avg_logprob=float("-inf"))
-    text = WRITERS["json"].render(make_result(bad))
+    text = render("json", make_result(bad))
     assert json.loads(text)["segments"][0]["avg_logprob"] is None
 
 
@@ -231,10 +239,10 @@ def test_special_characters_survive_every_format(fmt: str, tmp_path: Path) -> No
 
 def test_empty_result_gives_valid_empty_documents() -> None:
     empty = make_result(duration=0.0)
-    assert WRITERS["srt"].render(empty) == ""
-    assert WRITERS["vtt"].render(empty) == "WEBVTT\n"
-    assert WRITERS["txt"].render(empty) == ""
-    data = json.loads(WRITERS["json"].render(empty))
+    assert render("srt", empty) == ""
+    assert render("vtt", empty) == "WEBVTT\n"
+    assert render("txt", empty) == ""
+    data = json.loads(render("json", empty))
     assert data["segments"] == []
     assert data["text"] == ""
     assert data["duration"] == 0.0
@@ -288,7 +296,7 @@ def test_write_result_writes_and_overwrites(result: TranscriptionResult, tmp_pat
     target = tmp_path / "clip.srt"
     target.write_text("old", encoding="utf-8")
     assert write_result(result, "srt", target) == target
-    assert target.read_text(encoding="utf-8") == WRITERS["srt"].render(result)
+    assert target.read_text(encoding="utf-8") == render("srt", result)
     assert os.listdir(tmp_path) == ["clip.srt"]
 
 
@@ -307,9 +315,7 @@ def test_atomic_write_respects_umask_and_keeps_existing_mode(tmp_path: Path) -> 
     assert existing.read_text(encoding="utf-8") == "new"
 
 
-def test_atomic_write_keeps_existing_file_when_replace_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_atomic_write_keeps_existing_file_when_replace_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "clip.vtt"
     target.write_text("previous", encoding="utf-8")
     seen: list[str] = []
@@ -328,9 +334,7 @@ def test_atomic_write_keeps_existing_file_when_replace_fails(
     assert os.listdir(tmp_path) == ["clip.vtt"]
 
 
-def test_atomic_write_cleans_up_when_writing_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_atomic_write_cleans_up_when_writing_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def failing_fsync(fd: int) -> None:
         raise KeyboardInterrupt
 
@@ -346,7 +350,7 @@ def test_failed_render_touches_nothing(
     target = tmp_path / "clip.json"
     target.write_text("previous", encoding="utf-8")
 
-    def failing_render(self: object, result: TranscriptionResult) -> str:
+    def failing_render(self: object, *args: object) -> str:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(type(WRITERS["json"]), "render", failing_render)

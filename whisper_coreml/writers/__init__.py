@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 from whisper_coreml.result import TranscriptionResult
+from whisper_coreml.subtitles import Cue, raw_cues
 from whisper_coreml.writers.atomic import atomic_write_text
-from whisper_coreml.writers.base import Writer
+from whisper_coreml.writers.base import WriteOptions, Writer
 from whisper_coreml.writers.formats import JSONWriter, SRTWriter, TXTWriter, VTTWriter
 
 WRITERS: dict[str, Writer] = {
@@ -21,8 +22,10 @@ FORMATS: tuple[str, ...] = tuple(WRITERS)
 __all__ = [
     "FORMATS",
     "WRITERS",
+    "WriteOptions",
     "Writer",
     "atomic_write_text",
+    "cues_for",
     "get_writer",
     "output_path_for",
     "parse_formats",
@@ -67,6 +70,20 @@ def output_path_for(
     return directory / (source.stem + get_writer(fmt).extension)
 
 
-def write_result(result: TranscriptionResult, fmt: str, output_path: str | os.PathLike[str]) -> Path:
-    """Render `result` as `fmt` and replace `output_path` atomically; returns the path."""
-    return get_writer(fmt).write(result, output_path)
+def cues_for(result: TranscriptionResult, options: WriteOptions) -> tuple[Cue, ...]:
+    """The subtitle cues every format of one result shares (built once per result)."""
+    return raw_cues(result)
+
+
+def write_result(
+    result: TranscriptionResult,
+    fmt: str,
+    output_path: str | os.PathLike[str],
+    options: WriteOptions | None = None,
+    cues: tuple[Cue, ...] | None = None,
+) -> Path:
+    """Render `result` as `fmt` and replace `output_path` atomically; returns the path.
+
+    Pass `cues` from `cues_for` when writing several formats, so they are built once."""
+    options = options or WriteOptions()
+    return get_writer(fmt).write(result, cues_for(result, options) if cues is None else cues, options, output_path)

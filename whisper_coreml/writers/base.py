@@ -5,11 +5,28 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-from whisper_coreml.result import Segment, TranscriptionResult
+from whisper_coreml.result import TranscriptionResult
+from whisper_coreml.subtitles import Cue, CueRules
 from whisper_coreml.writers.atomic import atomic_write_text
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How to turn one result into files: the cue rules every subtitle format shares (their
+    `fps` is also the frame grid of FCPXML and iTT), plus the few choices that belong to one
+    format (FCPXML version and style, VTT word highlighting)."""
+
+    cues: str = "rules"  # "rules" (CueRules) or "raw" (one cue per Whisper segment)
+    rules: CueRules = field(default_factory=CueRules)
+    fcpxml_version: str = "1.8"
+    fcpxml_style: str = "captions"  # "captions" or "titles" (Basic Title clips, FCP < 10.4.1)
+    media: Path | None = None  # a video to reference as the project's asset clip
+    highlight_words: bool = False
 
 
 class Writer(ABC):
@@ -18,13 +35,15 @@ class Writer(ABC):
     extension: str
 
     @abstractmethod
-    def render(self, result: TranscriptionResult) -> str:
-        """The complete file contents for `result`."""
+    def render(self, result: TranscriptionResult, cues: Sequence[Cue], options: WriteOptions) -> str:
+        """The complete file contents for `result`, whose subtitle cues are `cues`."""
 
-    def write(self, result: TranscriptionResult, path: str | os.PathLike[str]) -> Path:
+    def write(
+        self, result: TranscriptionResult, cues: Sequence[Cue], options: WriteOptions, path: str | os.PathLike[str]
+    ) -> Path:
         """Render first, then replace `path` atomically: a failure at either step keeps any
         existing file intact."""
-        return atomic_write_text(path, self.render(result))
+        return atomic_write_text(path, self.render(result, cues, options))
 
 
 def to_milliseconds(seconds: float) -> int:
@@ -47,11 +66,11 @@ def format_timestamp(milliseconds: int, decimal_marker: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{seconds:02d}{decimal_marker}{millis:03d}"
 
 
-def segment_span(segment: Segment) -> tuple[int, int]:
-    """The segment's (start, end) in ms, with an inverted end clamped to the start rather than
+def cue_span(cue: Cue) -> tuple[int, int]:
+    """The cue's (start, end) in ms, with an inverted end clamped to the start rather than
     producing a cue players reject."""
-    start = to_milliseconds(segment.start)
-    return start, max(start, to_milliseconds(segment.end))
+    start = to_milliseconds(cue.start)
+    return start, max(start, to_milliseconds(cue.end))
 
 
 def cue_text(text: str) -> str:

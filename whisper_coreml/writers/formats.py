@@ -9,16 +9,19 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Sequence
 from datetime import timedelta
 
 import srt
 
 from whisper_coreml.result import TranscriptionResult
+from whisper_coreml.subtitles import Cue
 from whisper_coreml.writers.base import (
+    WriteOptions,
     Writer,
+    cue_span,
     cue_text,
     format_timestamp,
-    segment_span,
     to_milliseconds,
 )
 
@@ -28,14 +31,14 @@ class SRTWriter(Writer):
 
     extension = ".srt"
 
-    def render(self, result: TranscriptionResult) -> str:
+    def render(self, result: TranscriptionResult, cues: Sequence[Cue], options: WriteOptions) -> str:
         subtitles = []
-        for segment in result.segments:
+        for cue in cues:
             # "-->" inside the text would read as a timing line (openai-whisper does the same).
-            text = cue_text(segment.text).replace("-->", "->")
+            text = cue_text(cue.text).replace("-->", "->")
             if not text:
                 continue
-            start, end = segment_span(segment)
+            start, end = cue_span(cue)
             subtitles.append(
                 srt.Subtitle(
                     index=len(subtitles) + 1,
@@ -54,13 +57,13 @@ class VTTWriter(Writer):
 
     extension = ".vtt"
 
-    def render(self, result: TranscriptionResult) -> str:
+    def render(self, result: TranscriptionResult, cues: Sequence[Cue], options: WriteOptions) -> str:
         blocks = ["WEBVTT"]
-        for segment in result.segments:
-            text = cue_text(segment.text)
+        for cue in cues:
+            text = cue_text(cue.text)
             if not text:
                 continue
-            start, end = (format_timestamp(ms, ".") for ms in segment_span(segment))
+            start, end = (format_timestamp(ms, ".") for ms in cue_span(cue))
             # The WebVTT spec reserves "&", "<" and ">" in cue text; escaping them also
             # defuses any "-->".
             blocks.append(f"{start} --> {end}\n{html.escape(text, quote=False)}")
@@ -72,7 +75,7 @@ class TXTWriter(Writer):
 
     extension = ".txt"
 
-    def render(self, result: TranscriptionResult) -> str:
+    def render(self, result: TranscriptionResult, cues: Sequence[Cue], options: WriteOptions) -> str:
         lines = (cue_text(segment.text).replace("\n", " ") for segment in result.segments)
         return "".join(f"{line}\n" for line in lines if line)
 
@@ -82,7 +85,7 @@ class JSONWriter(Writer):
 
     extension = ".json"
 
-    def render(self, result: TranscriptionResult) -> str:
+    def render(self, result: TranscriptionResult, cues: Sequence[Cue], options: WriteOptions) -> str:
         data = result.to_dict()
         data["duration"] = _seconds(data["duration"])
         for segment in data["segments"]:
