@@ -45,6 +45,9 @@ class TranscriptionOptions:
     without_timestamps: bool = False
     max_initial_timestamp: float | None = 1.0
     clip_timestamps: tuple[float, ...] = ()
+    word_timestamps: bool = False
+    prepend_punctuations: str = "\"'“¿([{-"
+    append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
 
 
 def decode_with_fallback(
