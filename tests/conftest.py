@@ -74,6 +74,11 @@ def openai_whisper_model(weights: Weights) -> Any:
     whisper = pytest.importorskip("whisper")
     model = whisper.model.Whisper(whisper.model.ModelDimensions(**asdict(weights.dims)))
     model.load_state_dict({k: v.float() for k, v in weights.state_dict.items()})
+    if weights.alignment_heads:  # the checkpoint's own heads, as our engines use them for word timing
+        heads = torch.zeros(weights.dims.n_text_layer, weights.dims.n_text_head, dtype=torch.bool)
+        for layer, head in weights.alignment_heads:
+            heads[layer, head] = True
+        model.register_buffer("alignment_heads", heads.to_sparse(), persistent=False)
     return model.eval()
 
 

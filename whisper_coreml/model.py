@@ -44,6 +44,11 @@ class ModelDimensions:
         return self.n_vocab - 51765 - int(self.is_multilingual)
 
 
+def default_alignment_heads(n_layer: int, n_head: int) -> tuple[tuple[int, int], ...]:
+    """openai-whisper's default when a checkpoint names none: every head of the second half of the layers."""
+    return tuple((layer, head) for layer in range(n_layer // 2, n_layer) for head in range(n_head))
+
+
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
     """The encoder's fixed positional embedding, for checkpoints that do not store it."""
     increment = math.log(max_timescale) / (channels // 2 - 1)

@@ -8,6 +8,7 @@ timestamp tokens sit right after `<|notimestamps|>` and are not in the file at a
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +47,10 @@ _ALIASES = {
     "castilian": "es", "mandarin": "zh",
 }  # fmt: skip
 """Other names openai-whisper accepts for the same languages."""
+
+
+NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
+"""Languages usually written without spaces between words."""
 
 
 def language_code(name_or_code: str) -> str:
@@ -164,6 +169,45 @@ class Tokenizer:
                 text.append(t)
         out.append(self.decode(text))
         return "".join(out)
+
+    def split_to_word_tokens(self, tokens: Sequence[int]) -> tuple[list[str], list[list[int]]]:
+        """Words (with their leading space) and the tokens of each, as word timing needs them.
+
+        Languages written without spaces split wherever the tokens so far decode to whole
+        characters; the others also join pieces until the next space or punctuation mark.
+        """
+        words, word_tokens = self._split_on_unicode(tokens)
+        if self.language in NO_SPACE_LANGUAGES:
+            return words, word_tokens
+        merged: list[str] = []
+        merged_tokens: list[list[int]] = []
+        for word, pieces in zip(words, word_tokens, strict=True):
+            starts_word = pieces[0] >= self.eot or word.startswith(" ") or word.strip() in string.punctuation
+            if starts_word or not merged:
+                merged.append(word)
+                merged_tokens.append(list(pieces))
+            else:
+                merged[-1] += word
+                merged_tokens[-1].extend(pieces)
+        return merged, merged_tokens
+
+    def _split_on_unicode(self, tokens: Sequence[int]) -> tuple[list[str], list[list[int]]]:
+        """Cut after every token at which the text so far is whole characters (a replacement
+        character that the full text also has is genuine, not a cut byte sequence)."""
+        full = self.decode(tokens)
+        words: list[str] = []
+        word_tokens: list[list[int]] = []
+        current: list[int] = []
+        offset = 0
+        for token in tokens:
+            current.append(token)
+            text = self.decode(current)
+            if "\ufffd" not in text or full[offset + text.index("\ufffd")] == "\ufffd":
+                words.append(text)
+                word_tokens.append(current)
+                current = []
+                offset += len(text)
+        return words, word_tokens
 
     @cached_property
     def non_speech_tokens(self) -> tuple[int, ...]:

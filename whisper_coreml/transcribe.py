@@ -7,7 +7,7 @@ timestamp so no sentence is cut in half. The prompt carries the previous text fo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,6 +17,7 @@ from .audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, MelSource
 from .decoding import TIME_PRECISION, DecodingOptions, DecodingResult, decode_window, detect_language
 from .engines.base import Engine
 from .result import Segment, TranscriptionResult
+from .timing import add_word_timestamps, speech_end
 from .tokenizer import Tokenizer
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
@@ -88,7 +89,7 @@ def split_segments(
     tokens = list(result.tokens)
     ts_begin = tokenizer.timestamp_begin
     is_ts = [t >= ts_begin for t in tokens]
-    single_timestamp_ending = is_ts[-2:] == [False, True]
+    single_timestamp_ending = _single_timestamp_ending(tokens, tokenizer)
     consecutive = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
     pieces: list[tuple[float, float, list[int]]] = []
     if consecutive:
@@ -146,6 +147,7 @@ def transcribe(
     all_tokens: list[int] = list(initial_prompt)
     segments: list[Segment] = []
     prompt_reset_since = 0
+    last_speech_timestamp = 0.0
     clip_idx = 0
     seek = clips[0][0]
     while clip_idx < len(clips):
@@ -182,25 +184,46 @@ def transcribe(
                 continue
         pieces, advance = split_segments(result, tokenizer, time_offset, segment_size)
         seek += advance
-        for start, end, piece in pieces:
-            text = tokenizer.decode(piece)
-            if start == end or not text.strip():
-                text, piece = "", []
-            segments.append(
-                Segment(
-                    id=len(segments),
-                    seek=previous_seek,
-                    start=start,
-                    end=end,
-                    text=text,
-                    tokens=tuple(piece),
-                    temperature=result.temperature,
-                    avg_logprob=result.avg_logprob,
-                    compression_ratio=result.compression_ratio,
-                    no_speech_prob=result.no_speech_prob,
-                )
+        window = [
+            Segment(
+                id=0,
+                seek=previous_seek,
+                start=start,
+                end=end,
+                text=tokenizer.decode(piece),
+                tokens=tuple(piece),
+                temperature=result.temperature,
+                avg_logprob=result.avg_logprob,
+                compression_ratio=result.compression_ratio,
+                no_speech_prob=result.no_speech_prob,
             )
-            all_tokens.extend(piece)
+            for start, end, piece in pieces
+        ]
+        if options.word_timestamps:
+            window = add_word_timestamps(
+                window,
+                engine,
+                features,
+                tokenizer,
+                segment_size,
+                last_speech_timestamp,
+                options.prepend_punctuations,
+                options.append_punctuations,
+            )
+            last_word_end = speech_end(window)
+            # Unless the window ended on a lone timestamp (speech continues), resume right after
+            # the last word rather than at the last timestamp token.
+            if not _single_timestamp_ending(result.tokens, tokenizer) and last_word_end is not None:
+                if last_word_end > time_offset:
+                    seek = round(last_word_end * FRAMES_PER_SECOND)
+            if last_word_end is not None:
+                last_speech_timestamp = last_word_end
+        for segment in window:
+            if segment.start == segment.end or not segment.text.strip():
+                # Instantaneous or blank: kept for the record (as openai-whisper does), but empty.
+                segment = replace(segment, text="", tokens=(), words=() if options.word_timestamps else None)
+            segments.append(replace(segment, id=len(segments)))
+            all_tokens.extend(segment.tokens)
         if not options.condition_on_previous_text or result.temperature > 0.5:
             prompt_reset_since = len(all_tokens)
         _report(progress, seek, content_frames)
@@ -212,6 +235,11 @@ def transcribe(
         model=model_name,
         task=options.task,
     )
+
+
+def _single_timestamp_ending(tokens: Sequence[int], tokenizer: Tokenizer) -> bool:
+    """True when the window's tokens end with text then one timestamp (speech runs on)."""
+    return [t >= tokenizer.timestamp_begin for t in tokens[-2:]] == [False, True]
 
 
 def _report(progress: Progress | None, seek: int, content_frames: int) -> None:

@@ -31,12 +31,12 @@ import torch
 
 from ..catalog import catalog, find_tokenizer, installed_package, models_dir, resolve_weights
 from ..errors import ModelError
-from ..model import Whisper
+from ..model import Whisper, default_alignment_heads
 from ..tokenizer import Tokenizer
 from ..weights import Weights
 from . import bundle as B
 from . import import_coremltools
-from .export import EncoderExport, StatefulDecoderExport, StatelessDecoderExport, default_alignment_heads
+from .export import EncoderExport, StatefulDecoderExport, StatelessDecoderExport
 
 Progress = Callable[[str], None]
 """Called with a short description of each stage as it starts."""

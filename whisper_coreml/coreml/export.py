@@ -26,11 +26,6 @@ from ..model import MultiHeadAttention, ResidualAttentionBlock, Whisper
 MASK_VALUE = -1.0e4  # additive mask: far below any attention score, and finite in float16
 
 
-def default_alignment_heads(n_layer: int, n_head: int) -> tuple[tuple[int, int], ...]:
-    """openai-whisper's default when a checkpoint names none: every head of the second half of the layers."""
-    return tuple((layer, head) for layer in range(n_layer // 2, n_layer) for head in range(n_head))
-
-
 def _layer_norm(ln: nn.LayerNorm, x: Tensor) -> Tensor:
     """Our `LayerNorm` without its float32 round trip: the converter chooses the precision."""
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)

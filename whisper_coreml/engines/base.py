@@ -34,6 +34,7 @@ class Engine(Protocol):
 
     name: str
     dims: ModelDimensions
+    alignment_heads: tuple[tuple[int, int], ...]  # (layer, head) pairs whose cross-attention tracks time
 
     def encode(self, mel: np.ndarray) -> Any:
         """Audio features for one (n_mels, 3000) window; opaque to everything but `decoder`."""
@@ -41,4 +42,12 @@ class Engine(Protocol):
 
     def decoder(self, features: Any, batch_size: int = 1) -> DecoderSession:
         """A fresh session over `features`, replicated for `batch_size` sequences."""
+        ...
+
+    def align(self, features: Any, tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher-force `tokens` over `features` for word timing.
+
+        Returns float32 logits (T, V) at every position and the alignment heads' cross-attention
+        weights (A, T, n_audio_ctx), softmaxed over all audio frames.
+        """
         ...

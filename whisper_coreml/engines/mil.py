@@ -7,6 +7,7 @@ where Core ML is not available. The session logic here is shared with `engines.c
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -135,7 +136,7 @@ class StatelessSession(StepSession):
         return np.asarray(out["logits"]).reshape(-1), np.asarray(out["alignment"])[0]
 
 
-class BundleEngine:
+class BundleEngine(ABC):
     """What the mil and coreml engines share: a checked bundle, its dimensions and the session choice."""
 
     name = "bundle"
@@ -148,6 +149,7 @@ class BundleEngine:
         self.stateful = manifest.stateful
         self.float_dtype: type = np.float16 if manifest.precision == "float16" else np.float32
         self.max_tokens = manifest.max_tokens
+        self.alignment_heads = manifest.alignment_heads
 
     def _window(self, out: dict[str, Any]) -> EncodedWindow:
         arrays = []
@@ -163,6 +165,16 @@ class BundleEngine:
         if mel.shape != expected:
             raise ValueError(f"mel must be {expected}, got {mel.shape}")
         return {"mel": mel[None].astype(self.float_dtype)}
+
+    @abstractmethod
+    def decoder(self, features: EncodedWindow, batch_size: int = 1) -> StepSession:
+        """A session over `features` on this engine's decoder program."""
+
+    def align(self, features: EncodedWindow, tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The converted decoder returns the alignment heads' weights with every token's logits."""
+        session = self.decoder(features)
+        logits = session.step(np.asarray([tokens]), positions=range(len(tokens)))[0]
+        return logits, session.alignment_weights[0].astype(np.float32)
 
     def _session(self, program: Any, features: EncodedWindow, batch_size: int) -> StepSession:
         if self.stateful:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
-from ..model import KV, Whisper
+from ..model import KV, Whisper, default_alignment_heads
 from ..weights import Weights
 
 
@@ -62,6 +62,9 @@ class TorchEngine:
         embedding = self.model.decoder.token_embedding
         embedding.weight = torch.nn.Parameter(embedding.weight.detach().T.contiguous().T, requires_grad=False)
         self.dtype = dtype
+        self.alignment_heads = weights.alignment_heads or default_alignment_heads(
+            weights.dims.n_text_layer, weights.dims.n_text_head
+        )
 
     @torch.inference_mode()
     def encode(self, mel: np.ndarray) -> list[KV]:
@@ -72,3 +75,28 @@ class TorchEngine:
         if batch_size > 1:
             features = [(k.repeat(batch_size, 1, 1, 1), v.repeat(batch_size, 1, 1, 1)) for k, v in features]
         return TorchSession(self.model, features)
+
+    @torch.inference_mode()
+    def align(self, features: list[KV], tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        # Hooks catch what each cross-attention reads, and only the alignment heads' weights are
+        # recomputed from it: the model's forward stays the one the converter traces.
+        blocks = self.model.decoder.blocks
+        queries: dict[int, torch.Tensor] = {}
+        hooks = [
+            blocks[layer].cross_attn_ln.register_forward_hook(
+                lambda _module, _inputs, out, layer=layer: queries.__setitem__(layer, out)
+            )
+            for layer in {layer for layer, _ in self.alignment_heads}
+        ]
+        try:
+            logits = self.decoder(features).step(np.asarray([tokens]), positions=range(len(tokens)))[0]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        weights = []
+        for layer, head in self.alignment_heads:
+            attention = blocks[layer].cross_attn
+            q = attention.split_heads(attention.query(queries[layer]))[0, head].float()
+            k = features[layer][0][0, head].float()
+            weights.append(((q @ k.T) * q.shape[-1] ** -0.5).softmax(dim=-1))
+        return logits, torch.stack(weights).cpu().numpy()
