@@ -78,9 +78,9 @@ def test_bundle_layout_and_report(bundle: Path) -> None:
     assert report["stateful"] is True
     assert report["per_token_in_bytes"] == 8  # token + position, int32
     vocab, heads = 51864, 8
-    assert report["per_token_out_bytes"] == 2 * vocab + 2 * heads * 1500  # fp16 logits + alignment weights
+    assert report["per_token_out_bytes"] == 4 * vocab + 2 * heads * 1500  # fp32 logits + fp16 alignment weights
     assert report["per_window_bytes"] == 2 * 2 * (4 * 6 * 1500 * 64)  # fp16 cross keys and values
-    assert 60e6 < report["total_bytes"] < 90e6
+    assert 100e6 < report["total_bytes"] < 130e6  # fp16, except one fp32 copy of the embedding
     assert report["peak_rss_bytes"] > 0 and report["seconds"] > 0
     if sys.platform != "darwin":
         assert report["compiled"] is False
@@ -102,7 +102,7 @@ def test_manifest_describes_the_model(bundle: Path, tiny_weights: Weights) -> No
     assert m.encoder.get("cross_k").shape == (4, 6, 1500, 64)
     assert [t.name for t in m.decoder.inputs] == ["token", "position"]
     assert {t.name for t in m.decoder.outputs} == {"logits", "alignment"}
-    assert m.decoder.get("logits").shape == (1, 1, 51864)
+    assert m.decoder.get("logits").shape == (1, 1, 51864) and m.decoder.get("logits").dtype == "float32"
     assert m.decoder.get("alignment").shape == (1, 8, 1500)
     states = {t.name: t for t in m.decoder.states}
     assert set(states) == {"k_cache", "v_cache", "cross_k", "cross_v"}
@@ -115,6 +115,20 @@ def test_converter_emits_only_implemented_ops(bundle: Path, stateless: Path) -> 
     for path in (bundle / "encoder.mlpackage", bundle / "decoder.mlpackage", stateless / "decoder.mlpackage"):
         ops = set(MilProgram.load(path).op_types) - {"const"}
         assert ops <= CONVERTER_OPS, sorted(ops - CONVERTER_OPS)
+
+
+def test_float16_decoder_computes_the_vocabulary_in_float32(bundle: Path, stateless: Path) -> None:
+    """Embedding lookup, final norm and logits run in float32 over ONE float32 copy of the
+    embedding matrix; everything else in the decoder is float16."""
+    from whisper_coreml.coreml.mil import _load_program
+
+    for path in (bundle / "decoder.mlpackage", stateless / "decoder.mlpackage"):
+        ops = list(_load_program(path).functions["main"].operations)
+        vocabulary = [o for o in ops if o.op_type == "const" and o.outputs[0].shape == (51864, 384)]
+        assert len(vocabulary) == 1 and vocabulary[0].outputs[0].val.dtype == np.float32
+        linears = [o for o in ops if o.op_type == "linear"]
+        assert [o.weight.val.dtype for o in linears].count(np.float32) == 1
+        assert [o.weight.val.dtype for o in linears].count(np.float16) == len(linears) - 1
 
 
 # --- running it ------------------------------------------------------------------------------------------
@@ -149,7 +163,7 @@ def test_stateless_variant_matches_stateful(stateless: Path, bundle: Path, mel: 
     assert report["stateful"] is False
     cache, cross = 4 * 6 * 448 * 64 * 2, 4 * 6 * 1500 * 64 * 2
     assert report["per_token_in_bytes"] == 8 + 2 * cache + 2 * cross + 448 * 2  # caches, cross K/V, mask
-    assert report["per_token_out_bytes"] == 2 * 51864 + 2 * 8 * 1500 + 2 * 4 * 6 * 64 * 2  # + k_new, v_new
+    assert report["per_token_out_bytes"] == 4 * 51864 + 2 * 8 * 1500 + 2 * 4 * 6 * 64 * 2  # + k_new, v_new
     m = B.load_bundle(stateless).manifest
     assert not m.stateful and not m.decoder.states
     assert {t.name for t in m.decoder.inputs} == {

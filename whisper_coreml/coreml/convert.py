@@ -219,6 +219,11 @@ def convert(
     target = getattr(ct.target, minimum_deployment_target)
     float_dtype = np.float16 if precision == "float16" else np.float32
     compute_precision = ct.precision.FLOAT16 if precision == "float16" else ct.precision.FLOAT32
+    decoder_precision = (
+        ct.transform.FP16ComputePrecision(op_selector=lambda op: not vocabulary_op(op, dims.n_vocab))
+        if precision == "float16"
+        else compute_precision
+    )
     destination = Path(output_dir) if output_dir is not None else models_dir() / f"{name}-coreml"
     destination = destination.expanduser().resolve()
     _check_replaceable(destination)
@@ -258,7 +263,7 @@ def convert(
             del encoder
 
             say("tracing the decoder")
-            decoder = _convert_decoder(ct, whisper, max_tokens, heads, stateful, float_dtype, target, compute_precision)
+            decoder = _convert_decoder(ct, whisper, max_tokens, heads, stateful, float_dtype, target, decoder_precision)
             finish(decoder, "decoder", B.DECODER, "Whisper text decoder, one token per call")
             del decoder
         shutil.copyfile(tokenizer_file, work / B.TOKENIZER)
@@ -357,7 +362,8 @@ def _convert_decoder(
     token = torch.zeros(1, 1, dtype=torch.int32)
     position = torch.zeros(1, dtype=torch.int32)
     inputs = [ct.TensorType("token", (1, 1), dtype=np.int32), ct.TensorType("position", (1,), dtype=np.int32)]
-    outputs = [ct.TensorType("logits", dtype=float_dtype), ct.TensorType("alignment", dtype=float_dtype)]
+    # Logits leave in float32 whatever the precision: they are computed in it (`vocabulary_op`).
+    outputs = [ct.TensorType("logits", dtype=np.float32), ct.TensorType("alignment", dtype=float_dtype)]
     if stateful:
         # Core ML states are float16 only: at float32 precision the caches are still stored in float16.
         module = StatefulDecoderExport(whisper, max_tokens, heads, torch.float16).eval()
@@ -398,6 +404,29 @@ def _convert_decoder(
         skip_model_load=True,
         **extra,
     )
+
+
+def vocabulary_op(op: Any, n_vocab: int) -> bool:
+    """The ops a float16 decoder keeps in float32: the token embedding lookup, the final layer
+    norm and the output projection, which share one float32 copy of the embedding matrix.
+
+    Neighbouring timestamps (and a timestamp against the next word) often score within 0.005
+    of each other, below float16's resolution near 20; rounded logits then tie or flip, and a
+    subtitle boundary moves by a fraction of a second. Float32 logits from the float16 network
+    keep those decisions where the float32 model makes them (the network's own float16 error
+    is shared by neighbouring logits and mostly cancels in their difference).
+    """
+
+    def projection(o: Any) -> bool:
+        return o.op_type == "linear" and o.weight.shape[0] == n_vocab
+
+    if projection(op):
+        return True
+    if op.op_type == "layer_norm":
+        return any(projection(child) for child in op.outputs[0].child_ops)
+    if op.op_type == "gather":
+        return op.x.val is not None and op.x.shape[0] == n_vocab
+    return False
 
 
 def token_traffic(decoder: B.ModelIO, stateful: bool) -> dict[str, int]:
