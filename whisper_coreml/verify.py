@@ -88,7 +88,7 @@ class VerifyReport:
             + (
                 ""
                 if self.decision_agreement == 1.0
-                else " (informational: float16 logits tie where float32 ones differ slightly)"
+                else " (informational: near-ties between timestamps or text and timestamps, resolved differently)"
             ),
             f"pytorch:   {self.reference_text}",
             f"converted: {self.converted_text}",
