@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -32,28 +30,29 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-class SplitProjection:
-    """The vocabulary projection, cut by vocabulary range across CPU threads.
+class BlockedProjection:
+    """The vocabulary projection as a batch of column blocks, so it runs on every CPU thread.
 
     A decoding step projects one hidden row onto the whole vocabulary (80 MB of fp32 weights
     for tiny): memory-bound, and PyTorch's CPU backend runs such a one-row product on a single
-    core. Each thread here computes a column range of the same product, so every logit is the
-    same dot product as before (bit-identical) and the weights stream through every core:
-    on two cores a step takes about a quarter less time.
+    core. Viewing the (n_state, n_vocab) matrix as `threads` column blocks turns it into a
+    batched product, which PyTorch spreads over its own threads: a step's projection takes
+    half the time on two cores. The blocks are views of the embedding's own storage.
     """
 
-    def __init__(self, model: Whisper, threads: int) -> None:
-        decoder = model.decoder
-        self.norm = decoder.ln
-        weight_t = decoder.token_embedding.weight.T  # (n_state, n_vocab), contiguous: stored column-major
-        bounds = np.linspace(0, weight_t.shape[1], threads + 1).astype(int)
-        self.parts = [weight_t[:, a:b] for a, b in itertools.pairwise(bounds)]
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="whisper-logits")
+    def __init__(self, model: Whisper, storage: Tensor, threads: int) -> None:
+        self.norm = model.decoder.ln
+        self.n_vocab = model.dims.n_vocab
+        n_state, padded = storage.shape
+        self.blocks = storage.view(n_state, threads, padded // threads).permute(1, 0, 2)
 
     def __call__(self, hidden: Tensor) -> Tensor:
         h = self.norm(hidden).float()
-        futures = [self.pool.submit(torch.matmul, h, part) for part in self.parts]
-        return torch.cat([f.result() for f in futures], dim=-1)
+        rows = h.reshape(-1, h.shape[-1])
+        n = self.blocks.shape[0]
+        out = torch.bmm(rows.expand(n, *rows.shape), self.blocks)  # (blocks, rows, block width)
+        logits = out.permute(1, 0, 2).reshape(rows.shape[0], -1)[:, : self.n_vocab]
+        return logits.reshape(*h.shape[:-1], self.n_vocab)
 
 
 class TorchSession:
@@ -86,15 +85,17 @@ class TorchEngine:
         model.load_state_dict({k: v.to(dtype) for k, v in weights.state_dict.items()})
         self.model = model.to(self.device, dtype).eval()
         # Store the tied embedding column-major: the per-token vocabulary projection then reads
-        # contiguous memory (twice as fast on CPU), and token lookups barely notice.
+        # contiguous memory (twice as fast on CPU), and token lookups barely notice. On a
+        # multi-core CPU the columns are padded to a whole number of blocks (BlockedProjection).
         embedding = self.model.decoder.token_embedding
-        embedding.weight = torch.nn.Parameter(embedding.weight.detach().T.contiguous().T, requires_grad=False)
+        n_vocab, n_state = embedding.weight.shape
+        threads = torch.get_num_threads() if self.device.type == "cpu" else 1
+        storage = torch.zeros(n_state, -(-n_vocab // threads) * threads, dtype=dtype, device=self.device)
+        storage[:, :n_vocab] = embedding.weight.detach().T
+        embedding.weight = torch.nn.Parameter(storage[:, :n_vocab].T, requires_grad=False)
         self.dtype = dtype
-        threads = torch.get_num_threads()
         self.logits: Callable[[Tensor], Tensor] = (
-            SplitProjection(self.model, threads)
-            if self.device.type == "cpu" and threads > 1
-            else self.model.decoder.logits
+            BlockedProjection(self.model, storage, threads) if threads > 1 else self.model.decoder.logits
         )
         self.alignment_heads = weights.alignment_heads or default_alignment_heads(
             weights.dims.n_text_layer, weights.dims.n_text_head
