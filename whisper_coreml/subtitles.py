@@ -241,7 +241,7 @@ def _greedy_lines(chunks: list[_Chunk], i: int, j: int, width: int) -> int:
 # --- costs ----------------------------------------------------------------------------------
 # Units are "one break in running text": a cue break there costs CUE + 1.0.
 _CUE = 1.0  # every extra cue: prefer fewer, fuller cues
-_SPLIT = 2.5  # a good break (a sentence end) left inside a cue
+_SPLIT = 3.0  # a good break (a sentence end) left inside a cue
 _SPLIT_PAUSE = 2.0  # per second of silence beyond half a second inside a cue
 _FILL = 0.5  # an emptier cue (convex, so a long sentence splits into even parts)
 _READING = 10.0  # per unit of reading speed over the limit
@@ -249,26 +249,38 @@ _SHORT = 6.0  # a cue that cannot stay up for the minimum duration
 _BALANCE = 2.0  # uneven lines inside a cue
 
 
-def _break_cost(left: _Chunk, right: _Chunk) -> float:
-    """How bad a break between `left` and `right` reads: 0 at a sentence end, 0.4 after clause
-    punctuation, 1 in running text, less at a pause or before a conjunction, more right after
-    an article or preposition."""
+def _boundary(left: _Chunk, right: _Chunk) -> float:
+    """How strongly the speech marks a boundary between `left` and `right`, from 0 (running
+    text) to 1 (a sentence end): clause punctuation gives 0.5 and a pause up to 0.45 more, so
+    punctuation outranks a pause and both together come close to a sentence end."""
     if _sentence_end(left.text):
+        return 1.0
+    clause = 0.5 if left.text.strip().rstrip(_QUOTES)[-1:] in _CLAUSE_END else 0.0
+    return clause + 0.45 * min(max(right.start - left.end, 0.0) / 0.5, 1.0)
+
+
+def _break_cost(left: _Chunk, right: _Chunk) -> float:
+    """How bad a cue or line break between `left` and `right` reads: 0 at a sentence end, 1 in
+    running text, less at a clause end, a pause or before a conjunction, more right after an
+    article or preposition (which belongs with what follows)."""
+    strength = _boundary(left, right)
+    if strength == 1.0:
         return 0.0
-    cost = 0.4 if left.text.strip().rstrip(_QUOTES)[-1:] in _CLAUSE_END else 1.0
+    cost = 1.0 - strength
     if right.text.strip().lower() in _CONJUNCTIONS:
         cost -= 0.3
     if left.text.strip().lower() in _BINDING:
         cost += 0.5
     if left.segment_end:
         cost -= 0.1
-    return max(cost - 0.6 * min(max(right.start - left.end, 0.0) / 0.5, 1.0), 0.15)
+    return max(cost, 0.05)
 
 
 def _inside_cost(left: _Chunk, right: _Chunk) -> float:
-    """The price of not breaking between `left` and `right` inside a cue: high where a break
-    would read well (a sentence end, a comma at a pause), and growing with long silences."""
-    return _SPLIT * max(1 - _break_cost(left, right), 0.0) ** 2 + _SPLIT_PAUSE * max(right.start - left.end - 0.5, 0.0)
+    """The price of not breaking between `left` and `right` inside a cue: high at a sentence
+    end or a comma with a pause, low at a bare comma, and growing with long silences."""
+    gap = right.start - left.end
+    return _SPLIT * _boundary(left, right) ** 2 + _SPLIT_PAUSE * max(gap - 0.5, 0.0)
 
 
 def _cue_cost(chunks: list[_Chunk], i: int, j: int, rules: CueRules, media_end: float) -> float:
