@@ -224,7 +224,7 @@ def test_json_writes_non_finite_scores_as_null() -> None:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_special_characters_survive_every_format(fmt: str, tmp_path: Path) -> None:
-    path = write_result(make_result(seg(0, 0, 1, f" {TRICKY} ")), fmt, tmp_path / f"out.{fmt}")
+    path = write_result(make_result(seg(0, 0, 1, f" {TRICKY} ")), fmt, tmp_path / f"out.{fmt}", RAW)
     text = path.read_text(encoding="utf-8")
     if fmt == "srt":
         assert [s.content for s in srt.parse(text)] == [TRICKY]
@@ -296,7 +296,7 @@ def test_write_result_writes_and_overwrites(result: TranscriptionResult, tmp_pat
     target = tmp_path / "clip.srt"
     target.write_text("old", encoding="utf-8")
     assert write_result(result, "srt", target) == target
-    assert target.read_text(encoding="utf-8") == render("srt", result)
+    assert target.read_text(encoding="utf-8") == render("srt", result, WriteOptions())
     assert os.listdir(tmp_path) == ["clip.srt"]
 
 

@@ -2,14 +2,26 @@
 
 Whisper's segments are not subtitles (they run 10-25 s and ignore reading speed), so the
 writers never see segments directly: they see `Cue`s, built either under `CueRules` (the
-default) or one per segment (`raw_cues`, for users who want Whisper's own segmentation).
+default, `build_cues`) or one per segment (`raw_cues`, for users who want Whisper's own
+segmentation). `check_cues` names every rule a list of cues breaks, and why when it could not
+be helped, so tests and reports measure the same thing the builder aims for.
+
+The builder works on chunks: runs of words with no allowed break inside (a word, "42-line",
+or CJK characters glued to their closing punctuation). It picks cue breaks by dynamic
+programming over chunk boundaries, preferring sentence ends, then clause punctuation, then
+pauses, then balanced cues; lays each cue out in the fewest balanced lines; and finally times
+the cues on the frame grid, extending short or dense cues into the following gap.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from whisper_coreml.result import TranscriptionResult, Word
+from whisper_coreml.result import Segment, TranscriptionResult, Word
 from whisper_coreml.timecode import DEFAULT_FRAME_RATE, FrameRate
 
 
@@ -33,13 +45,40 @@ class Cue:
 class CueRules:
     """Subtitle style rules; defaults follow professional style guides (Netflix, BBC)."""
 
-    max_line_width: int = 42
+    max_line_width: int = 42  # display columns: CJK full-width characters count 2
     max_lines: int = 2
-    max_cps: float = 20.0
+    max_cps: float = 20.0  # reading speed, characters per second
     min_duration: float = 5 / 6
     max_duration: float = 7.0
     min_gap_frames: int = 2
     fps: FrameRate = DEFAULT_FRAME_RATE  # the frame grid cue gaps are counted on
+
+    def __post_init__(self) -> None:
+        # The CLI passes user values straight in: reject the ones no cue could satisfy.
+        if self.max_line_width < 1 or self.max_lines < 1 or self.min_gap_frames < 0:
+            raise ValueError("max line width and max lines must be at least 1, the minimum gap at least 0 frames")
+        if not self.max_cps > 0:
+            raise ValueError(f"max characters per second must be positive, not {self.max_cps}")
+        if not 0 <= self.min_duration < self.max_duration:
+            raise ValueError(f"cue durations need 0 <= min ({self.min_duration:g} s) < max ({self.max_duration:g} s)")
+
+    @property
+    def min_gap(self) -> float:
+        """The shortest time between two cues, in seconds."""
+        return float(self.min_gap_frames * self.fps.frame_duration)
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One rule one cue breaks: `value` against `limit`, and `reason` when the builder could not
+    have done better (speech faster than the reading speed allows, a word wider than a line);
+    an empty reason means the rule was broken by choice and is a bug in the builder."""
+
+    index: int
+    rule: str  # a CueRules field name, or "min_gap" for cues closer than min_gap_frames
+    value: float
+    limit: float
+    reason: str = ""
 
 
 def raw_cues(result: TranscriptionResult) -> tuple[Cue, ...]:
@@ -50,3 +89,332 @@ def raw_cues(result: TranscriptionResult) -> tuple[Cue, ...]:
         if lines:
             cues.append(Cue(segment.start, max(segment.start, segment.end), lines, tuple(segment.words or ())))
     return tuple(cues)
+
+
+# --- text measures --------------------------------------------------------------------------
+
+# No line may start with these (Japanese kinsoku shori plus Western closing punctuation) ...
+_CLOSING = set("、。，．・：；？！ー～’”」』）〕］｝〉》】〙〗〟‐゠々〻ゝゞヽヾ)]},.!?:;%")
+_CLOSING |= set("ぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶ")  # small kana
+# ... or end with these.
+_OPENING = set("‘“「『（〔［｛〈《【〘〖〝([{")
+_QUOTES = "\"'’”»」』）)]}"
+_SENTENCE_END = set(".!?…。！？")
+_CLAUSE_END = set(",;:—–、，；：")
+_ABBREVIATIONS = {"mr.", "mrs.", "ms.", "dr.", "st.", "jr.", "sr.", "prof.", "vs.", "e.g.", "i.e.", "no.", "mt."}
+_INITIAL = re.compile(r"^(?:[A-Z]\.)+$")  # "J." or "U.S." inside a name
+# Breaking before these reads naturally; breaking after these splits a phrase (English only).
+_CONJUNCTIONS = {"and", "but", "or", "nor", "so", "yet", "because", "although", "though", "while", "whereas"}
+_CONJUNCTIONS |= {"which", "who", "whom", "whose", "that", "when", "where", "if", "unless", "until", "since"}
+_BINDING = {"a", "an", "the", "of", "to", "in", "on", "at", "by", "for", "with", "from", "into", "my", "your"}
+_BINDING |= {"his", "her", "its", "our", "their", "this", "these", "those", "mr.", "mrs.", "ms.", "dr."}
+
+
+def display_width(text: str) -> int:
+    """Columns `text` takes on screen: wide and full-width characters (CJK) count 2, combining
+    marks 0, everything else 1."""
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _unspaced(ch: str) -> bool:
+    """Characters of scripts written without spaces (Han, kana, full-width forms), which lines
+    may break between. Hangul is wide too, but Korean puts spaces between words."""
+    hangul = "\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f" or "\uac00" <= ch <= "\ud7af"
+    return unicodedata.east_asian_width(ch) in "WF" and not hangul
+
+
+def _can_break(left: str, right: str) -> bool:
+    """May a line or cue end after `left` and the next start with `right`? At a space always;
+    without one only next to unspaced-script characters, and never before closing or after
+    opening punctuation: the "never inside a word" rule."""
+    if right[:1].isspace() or not left.strip():
+        return True
+    a, b = left[-1], right[0]
+    return (_unspaced(a) or _unspaced(b)) and b not in _CLOSING and a not in _OPENING
+
+
+def _split_text(text: str) -> list[str]:
+    """`text` cut wherever `_can_break` allows, each piece keeping its leading whitespace."""
+    pieces = []
+    for run in re.findall(r"\s*\S+", text):
+        piece = run[: len(run) - len(run.lstrip()) + 1]
+        for ch in run[len(piece) :]:
+            if _can_break(piece, ch):
+                pieces.append(piece)
+                piece = ch
+            else:
+                piece += ch
+        pieces.append(piece)
+    return pieces
+
+
+def _sentence_end(text: str) -> bool:
+    word = text.strip()
+    core = word.rstrip(_QUOTES)
+    return core[-1:] in _SENTENCE_END and word.lower() not in _ABBREVIATIONS and not _INITIAL.match(word)
+
+
+def _reading_chars(lines: tuple[str, ...] | list[str]) -> int:
+    """The characters a viewer reads, as reading-speed rules count them (line breaks excluded)."""
+    return sum(len(line) for line in lines)
+
+
+# --- chunks ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Text that never breaks inside: one or more words (with leading whitespace kept)."""
+
+    text: str
+    start: float
+    end: float
+    words: tuple[Word, ...]  # the real words; empty when times were spread over the text
+    segment_end: bool
+
+    @property
+    def lead(self) -> int:
+        """Width of the leading whitespace, which disappears at the start of a line."""
+        return display_width(self.text) - display_width(self.text.lstrip())
+
+
+def _segment_units(segment: Segment) -> list[tuple[str, float, float, Word | None]]:
+    """(text, start, end, word) pieces of one segment: its words when word timestamps were
+    computed, else its text split at allowed breaks with each piece's time proportional to its
+    characters inside the segment."""
+    if segment.words:
+        return [(_spaces(w.word), w.start, max(w.start, w.end), w) for w in segment.words if w.word.strip()]
+    pieces = [_spaces(piece) for piece in _split_text(segment.text)]
+    total = sum(len(p.strip()) for p in pieces)
+    span = max(0.0, segment.end - segment.start)
+    units, done = [], 0
+    for piece in pieces:
+        start = segment.start + span * done / total
+        done += len(piece.strip())
+        units.append((piece, start, segment.start + span * done / total, None))
+    return units
+
+
+def _spaces(text: str) -> str:
+    """Any run of whitespace (a newline too) as one space: lines are ours to break."""
+    return re.sub(r"\s+", " ", text)
+
+
+def _chunks(result: TranscriptionResult) -> list[_Chunk]:
+    """All segments' pieces, glued into chunks wherever a break would split a word. A segment
+    boundary is always a break; a space is added there when the scripts need one."""
+    chunks: list[_Chunk] = []
+    for segment in result.segments:
+        units = _segment_units(segment)
+        for k, (text, start, end, word) in enumerate(units):
+            words = (word,) if word else ()
+            last = k == len(units) - 1
+            if chunks and k == 0 and not _can_break(chunks[-1].text, text):
+                text = " " + text
+            if chunks and k > 0 and not _can_break(chunks[-1].text, text):
+                prev = chunks.pop()
+                chunks.append(_Chunk(prev.text + text, prev.start, max(prev.end, end), prev.words + words, last))
+            else:
+                chunks.append(_Chunk(text, start, end, words, last))
+    return chunks
+
+
+def _line_width(chunks: list[_Chunk], i: int, j: int) -> int:
+    return display_width("".join(c.text for c in chunks[i:j]).strip())
+
+
+def _greedy_lines(chunks: list[_Chunk], i: int, j: int, width: int) -> int:
+    """The fewest lines chunks[i:j] fit in (first fit is optimal for the count); a chunk wider
+    than a line takes a line of its own."""
+    lines, used = 1, -1
+    for c in chunks[i:j]:
+        full, body = display_width(c.text), display_width(c.text) - c.lead
+        if used < 0:
+            used = body
+        elif used + full <= width:
+            used += full
+        else:
+            lines, used = lines + 1, body
+    return lines
+
+
+# --- costs ----------------------------------------------------------------------------------
+# Units are "one break in running text": a cue break there costs CUE + 1.0.
+_CUE = 1.0  # every extra cue: prefer fewer, fuller cues
+_SPLIT = 3.0  # a good break (a sentence end) left inside a cue
+_SPLIT_PAUSE = 2.0  # per second of silence beyond half a second inside a cue
+_FILL = 0.5  # an emptier cue (convex, so a long sentence splits into even parts)
+_READING = 10.0  # per unit of reading speed over the limit
+_SHORT = 6.0  # a cue that cannot stay up for the minimum duration
+_BALANCE = 2.0  # uneven lines inside a cue
+
+
+def _boundary(left: _Chunk, right: _Chunk) -> float:
+    """How strongly the speech marks a boundary between `left` and `right`, from 0 (running
+    text) to 1 (a sentence end): clause punctuation gives 0.5 and a pause up to 0.45 more, so
+    punctuation outranks a pause and both together come close to a sentence end."""
+    if _sentence_end(left.text):
+        return 1.0
+    clause = 0.5 if left.text.strip().rstrip(_QUOTES)[-1:] in _CLAUSE_END else 0.0
+    return clause + 0.45 * min(max(right.start - left.end, 0.0) / 0.5, 1.0)
+
+
+def _break_cost(left: _Chunk, right: _Chunk) -> float:
+    """How bad a cue or line break between `left` and `right` reads: 0 at a sentence end, 1 in
+    running text, less at a clause end, a pause or before a conjunction, more right after an
+    article or preposition (which belongs with what follows)."""
+    strength = _boundary(left, right)
+    if strength == 1.0:
+        return 0.0
+    cost = 1.0 - strength
+    if right.text.strip().lower() in _CONJUNCTIONS:
+        cost -= 0.3
+    if left.text.strip().lower() in _BINDING:
+        cost += 0.5
+    if left.segment_end:
+        cost -= 0.1
+    return max(cost, 0.05)
+
+
+def _inside_cost(left: _Chunk, right: _Chunk) -> float:
+    """The price of not breaking between `left` and `right` inside a cue: high at a sentence
+    end or a comma with a pause, low at a bare comma, and growing with long silences."""
+    gap = right.start - left.end
+    return _SPLIT * _boundary(left, right) ** 2 + _SPLIT_PAUSE * max(gap - 0.5, 0.0)
+
+
+def _cue_cost(chunks: list[_Chunk], i: int, j: int, rules: CueRules, media_end: float) -> float:
+    """Everything but the break at its end that makes chunks[i:j] a worse cue."""
+    start = chunks[i].start
+    limit = chunks[j].start - rules.min_gap if j < len(chunks) else media_end
+    natural = chunks[j - 1].end - start
+    longest = max(natural, min(limit - start, rules.max_duration))
+    text = "".join(c.text for c in chunks[i:j]).strip()
+    capacity = rules.max_lines * rules.max_line_width
+    cost = _CUE + _FILL * (max(capacity - display_width(text), 0) / capacity) ** 2
+    cost += _READING * max(len(text) / max(longest, 1e-3) / rules.max_cps - 1, 0.0)
+    if longest < rules.min_duration:
+        cost += _SHORT * (1 - longest / rules.min_duration)
+    return cost
+
+
+def _cue_spans(chunks: list[_Chunk], rules: CueRules, media_end: float) -> list[tuple[int, int]]:
+    """The cheapest partition of the chunks into cues, by dynamic programming over breaks.
+
+    A cue must fit in max_lines lines and last at most max_duration; a cue of one chunk is
+    always allowed, so a word too long for either rule still gets shown."""
+    n = len(chunks)
+    best = [0.0] + [math.inf] * n
+    choice = [0] * (n + 1)
+    for i in range(n):
+        inside = 0.0
+        for j in range(i + 1, n + 1):
+            if j > i + 1:
+                inside += _inside_cost(chunks[j - 2], chunks[j - 1])
+                too_long = chunks[j - 1].end - chunks[i].start > rules.max_duration
+                if too_long or _greedy_lines(chunks, i, j, rules.max_line_width) > rules.max_lines:
+                    break
+            cost = best[i] + inside + _cue_cost(chunks, i, j, rules, media_end)
+            if j < n:
+                cost += _break_cost(chunks[j - 1], chunks[j])
+            if cost < best[j]:
+                best[j], choice[j] = cost, i
+    spans, j = [], n
+    while j > 0:
+        spans.append((choice[j], j))
+        j = choice[j]
+    return spans[::-1]
+
+
+def _layout(chunks: list[_Chunk], rules: CueRules) -> tuple[str, ...]:
+    """The cue's text in the fewest lines that fit, choosing among those the breaks that read
+    best (after punctuation, before conjunctions) and give the most even line widths."""
+    n = len(chunks)
+    count = min(_greedy_lines(chunks, 0, n, rules.max_line_width), n)
+    width = [[_line_width(chunks, i, j) for j in range(n + 1)] for i in range(n)]
+    mean = width[0][n] / count
+    # best[k][j]: cheapest way to set chunks[:j] as k lines
+    best = [[math.inf] * (n + 1) for _ in range(count + 1)]
+    back = [[0] * (n + 1) for _ in range(count + 1)]
+    best[0][0] = 0.0
+    for k in range(1, count + 1):
+        for j in range(k, n + 1):
+            for i in range(k - 1, j):
+                if best[k - 1][i] == math.inf or (j > i + 1 and width[i][j] > rules.max_line_width):
+                    continue
+                cost = best[k - 1][i] + _BALANCE * ((width[i][j] - mean) / rules.max_line_width) ** 2
+                if i > 0:
+                    cost += _break_cost(chunks[i - 1], chunks[i])
+                if cost < best[k][j]:
+                    best[k][j], back[k][j] = cost, i
+    lines, j = [], n
+    for k in range(count, 0, -1):
+        i = back[k][j]
+        lines.append("".join(c.text for c in chunks[i:j]).strip())
+        j = i
+    return tuple(lines[::-1])
+
+
+def build_cues(result: TranscriptionResult, rules: CueRules | None = None) -> tuple[Cue, ...]:
+    """Subtitle cues for `result` under `rules` (`--cues rules`, the default).
+
+    Cue times sit on the `rules.fps` frame grid. A cue starts with its first word and ends
+    with its last, extended (never past the next cue minus the minimum gap, nor the media's
+    end, nor max_duration) until it lasts min_duration and is slow enough to read."""
+    rules = rules or CueRules()
+    chunks = _chunks(result)
+    media_end = result.duration if result.duration > 0 else math.inf
+    spans = _cue_spans(chunks, rules, media_end)
+    fps, frame, gap = rules.fps, float(rules.fps.frame_duration), rules.min_gap_frames
+    longest = math.floor(rules.max_duration / frame + 1e-9)
+    starts = [fps.to_frames(chunks[i].start) for i, _ in spans]
+    cues: list[Cue] = []
+    end = -math.inf
+    for k, (i, j) in enumerate(spans):
+        lines = _layout(chunks[i:j], rules)
+        start = max(starts[k], end + gap)
+        if k + 1 < len(spans):
+            limit = starts[k + 1] - gap
+        else:
+            limit = fps.to_frames(media_end) if media_end < math.inf else math.inf
+        spoken = max(fps.to_frames(chunks[j - 1].end), start + 1)
+        if j > i + 1:  # rounding both ends to frames must not push a cue past max_duration
+            spoken = min(spoken, start + longest)
+        wanted = math.ceil(max(rules.min_duration, _reading_chars(lines) / rules.max_cps) / frame - 1e-9)
+        end = max(min(max(spoken, start + min(wanted, longest)), limit), start + 1)
+        words = tuple(w for c in chunks[i:j] for w in c.words)
+        cues.append(Cue(float(fps.to_seconds(start)), float(fps.to_seconds(end)), lines, words))
+    return tuple(cues)
+
+
+def check_cues(cues: Sequence[Cue], rules: CueRules, media_end: float | None = None) -> list[Violation]:
+    """Every rule every cue breaks. A reason is given where the cue could not have obeyed:
+    too fast or too short when the next cue (or `media_end`) or max_duration left no room to
+    stretch it, too wide or too long when it is a single unbreakable word."""
+    found = []
+    gap, frame, tol = rules.min_gap, float(rules.fps.frame_duration), 1e-6
+    for k, cue in enumerate(cues):
+        room = cues[k + 1].start - gap if k + 1 < len(cues) else (math.inf if media_end is None else media_end)
+        duration = cue.end - cue.start
+        blocked = cue.end >= room - tol
+        boxed = blocked or duration + frame > rules.max_duration  # no frame left to stretch it
+        wide = [line for line in cue.lines if display_width(line) > rules.max_line_width]
+        unbreakable = all(len(_split_text(line)) == 1 for line in wide)
+        cps = _reading_chars(cue.lines) / duration if duration > 0 else math.inf
+        checks = [
+            ("max_lines", len(cue.lines), rules.max_lines),
+            ("max_line_width", max(map(display_width, wide), default=0), rules.max_line_width),
+            ("max_cps", cps, rules.max_cps),
+            ("max_duration", duration, rules.max_duration),
+        ]
+        reasons = {
+            "max_line_width": "a single word is wider than a line" if unbreakable else "",
+            "max_cps": "speech is faster than the reading speed" if boxed else "",
+            "max_duration": "a single word lasts longer" if len(_split_text(cue.text)) == 1 else "",
+        }
+        found += [Violation(k, rule, v, limit, reasons.get(rule, "")) for rule, v, limit in checks if v > limit + tol]
+        if duration < rules.min_duration - tol:
+            found.append(Violation(k, "min_duration", duration, rules.min_duration, "the next cue follows" * blocked))
+        if k + 1 < len(cues) and cues[k + 1].start - cue.end < gap - tol:
+            found.append(Violation(k, "min_gap", cues[k + 1].start - cue.end, gap))
+    return found

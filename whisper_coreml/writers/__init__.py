@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from whisper_coreml.result import TranscriptionResult
-from whisper_coreml.subtitles import Cue, raw_cues
+from whisper_coreml.subtitles import Cue, build_cues, raw_cues
 from whisper_coreml.writers.atomic import atomic_write_text
 from whisper_coreml.writers.base import WriteOptions, Writer
 from whisper_coreml.writers.formats import JSONWriter, SRTWriter, TXTWriter, VTTWriter
@@ -71,8 +71,13 @@ def output_path_for(
 
 
 def cues_for(result: TranscriptionResult, options: WriteOptions) -> tuple[Cue, ...]:
-    """The subtitle cues every format of one result shares (built once per result)."""
-    return raw_cues(result)
+    """The subtitle cues every format of one result shares (built once per result): under
+    `options.rules`, or one per Whisper segment when `options.cues` is "raw"."""
+    if options.cues == "raw":
+        return raw_cues(result)
+    if options.cues == "rules":
+        return build_cues(result, options.rules)
+    raise ValueError(f"unknown cue mode {options.cues!r}; choose rules or raw")
 
 
 def write_result(

@@ -53,7 +53,15 @@ class SRTWriter(Writer):
 
 
 class VTTWriter(Writer):
-    """WebVTT with hours always present, which every editor and browser accepts."""
+    """WebVTT with hours always present, which every editor and browser accepts.
+
+    With `highlight_words`, each cue that carries word timestamps becomes consecutive cues
+    tiling its span, showing the same lines with the word being spoken underlined (`<u>`, as
+    openai-whisper does). Underline is a basic WebVTT span that browsers, VLC, mpv and
+    ffmpeg all draw; karaoke timestamp tags (`<00:00:01.000>`) would keep one cue, but they
+    only change the look through `::cue(:past)` CSS on a web page, so most players would show
+    no highlight at all.
+    """
 
     extension = ".vtt"
 
@@ -63,11 +71,44 @@ class VTTWriter(Writer):
             text = cue_text(cue.text)
             if not text:
                 continue
-            start, end = (format_timestamp(ms, ".") for ms in cue_span(cue))
             # The WebVTT spec reserves "&", "<" and ">" in cue text; escaping them also
             # defuses any "-->".
-            blocks.append(f"{start} --> {end}\n{html.escape(text, quote=False)}")
+            pieces = _highlighted(cue, text) if options.highlight_words else []
+            for start, end, body in pieces or [(*cue_span(cue), _escape(text))]:
+                blocks.append(f"{format_timestamp(start, '.')} --> {format_timestamp(end, '.')}\n{body}")
         return "\n\n".join(blocks) + "\n"
+
+
+def _escape(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
+def _highlighted(cue: Cue, text: str) -> list[tuple[int, int, str]]:
+    """(start ms, end ms, cue text) pieces covering exactly the cue's span: plain text between
+    words, each word underlined while it is spoken. Words are found in order in the cue's
+    text; empty when the cue carries no words, so it is written as usual."""
+    start, end = cue_span(cue)
+    pieces: list[tuple[int, int, str]] = []
+
+    def add(until: int, body: str) -> None:
+        nonlocal start
+        until = min(max(until, start), end)
+        if until > start:
+            pieces.append((start, until, body))
+            start = until
+
+    cursor = 0
+    for word in cue.words:
+        token = word.word.strip()
+        at = text.find(token, cursor) if token else -1
+        if at < 0:
+            continue
+        cursor = at + len(token)
+        add(to_milliseconds(word.start), _escape(text))
+        add(to_milliseconds(word.end), f"{_escape(text[:at])}<u>{_escape(token)}</u>{_escape(text[cursor:])}")
+    if pieces:
+        add(end, _escape(text))
+    return pieces
 
 
 class TXTWriter(Writer):
