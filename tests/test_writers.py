@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import xml.etree.ElementTree as ElementTree
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -233,6 +234,10 @@ def test_special_characters_survive_every_format(fmt: str, tmp_path: Path) -> No
     elif fmt == "vtt":
         cue = text.splitlines()[3]
         assert cue == TRICKY.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    elif fmt == "fcpxml":
+        assert ElementTree.fromstring(text.encode()).find(".//caption/text/text-style").text == TRICKY
+    elif fmt == "itt":
+        assert ElementTree.fromstring(text.encode()).find(".//{http://www.w3.org/ns/ttml}p").text == TRICKY
     else:
         assert text == TRICKY + "\n"
 
@@ -254,6 +259,8 @@ def test_extensions() -> None:
         "vtt": ".vtt",
         "txt": ".txt",
         "json": ".json",
+        "fcpxml": ".fcpxml",
+        "itt": ".itt",
     }
 
 
@@ -264,13 +271,13 @@ def test_parse_formats() -> None:
     assert parse_formats("srt") == ("srt",)
     assert parse_formats("vtt,srt") == ("vtt", "srt")
     assert parse_formats(" SRT , srt,json ") == ("srt", "json")
-    assert parse_formats("all") == FORMATS == ("srt", "vtt", "txt", "json")
-    assert parse_formats("json,all") == ("json", "srt", "vtt", "txt")
+    assert parse_formats("all") == FORMATS == ("srt", "vtt", "txt", "json", "fcpxml", "itt")
+    assert parse_formats("json,all") == ("json", "srt", "vtt", "txt", "fcpxml", "itt")
 
 
 @pytest.mark.parametrize("spec", ["srt,docx", "tsv", "", " , "])
 def test_parse_formats_rejects_unknown_or_empty(spec: str) -> None:
-    with pytest.raises(ValueError, match="srt, vtt, txt, json or all"):
+    with pytest.raises(ValueError, match="srt, vtt, txt, json, fcpxml, itt or all"):
         parse_formats(spec)
 
 

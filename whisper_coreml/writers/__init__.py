@@ -9,13 +9,17 @@ from whisper_coreml.result import TranscriptionResult
 from whisper_coreml.subtitles import Cue, build_cues, raw_cues
 from whisper_coreml.writers.atomic import atomic_write_text
 from whisper_coreml.writers.base import WriteOptions, Writer
+from whisper_coreml.writers.fcpxml import FCPXMLWriter
 from whisper_coreml.writers.formats import JSONWriter, SRTWriter, TXTWriter, VTTWriter
+from whisper_coreml.writers.itt import ITTWriter
 
 WRITERS: dict[str, Writer] = {
     "srt": SRTWriter(),
     "vtt": VTTWriter(),
     "txt": TXTWriter(),
     "json": JSONWriter(),
+    "fcpxml": FCPXMLWriter(),
+    "itt": ITTWriter(),
 }
 FORMATS: tuple[str, ...] = tuple(WRITERS)
 
