@@ -4,6 +4,7 @@ functions, and whole transcriptions whose words match openai-whisper's on the sa
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 import torch
 
 import whisper_coreml as wc
-from whisper_coreml.timing import _Timing, dtw, median_filter, merge_punctuations
+from whisper_coreml.result import Segment, Word
+from whisper_coreml.subtitles import CueRules, build_cues, check_cues
+from whisper_coreml.timing import _Timing, dtw, find_pauses, fit_words_to_pauses, median_filter, merge_punctuations
 from whisper_coreml.tokenizer import Tokenizer
 
 whisper = pytest.importorskip("whisper")
@@ -110,3 +113,44 @@ def test_long_form_words_and_seek_match_openai_whisper(
 def test_without_words_nothing_changes(audio: Callable[[str], np.ndarray], tiny_model: wc.WhisperModel) -> None:
     result = tiny_model.transcribe(audio("en/arctic_a0010.wav"))
     assert all(s.words is None for s in result.segments)
+
+
+def test_find_pauses_in_a_log_mel_window() -> None:
+    mel = np.full((80, 300), 1.0, dtype=np.float32)  # 3 s of loud frames
+    mel[:, 100:130] = -0.5  # 0.30 s, 60 dB down: a pause
+    mel[:, 200:205] = -0.5  # 0.05 s: too short to count
+    mel[:, 250:270] = 0.5  # 0.20 s only 20 dB down: still speech
+    assert find_pauses(mel) == [(1.0, 1.3)]
+    assert find_pauses(mel[:, :0]) == []
+
+
+def test_word_edges_leave_the_pauses() -> None:
+    words = (
+        Word(82.14, 82.64, " letters", 0.9),
+        Word(82.64, 83.28, " than", 0.9),  # attention gave it the pause before it
+        Word(83.28, 83.46, " in", 0.9),
+        Word(83.46, 84.4, " the", 0.9),  # a pause at its end
+    )
+    segment = Segment(0, 0, 82.14, 84.4, " letters than in the", (), 0.0, -0.1, 1.0, 0.0, words)
+    [fitted] = fit_words_to_pauses([segment], [(82.77, 83.06), (84.0, 84.6)])
+    assert [(w.start, w.end) for w in fitted.words] == [(82.14, 82.77), (83.06, 83.28), (83.28, 83.46), (83.46, 84.0)]
+    assert fit_words_to_pauses([segment], []) == [segment]
+
+
+def test_cue_boundaries_follow_the_reference_sentences(
+    speech: Callable[[str], Path], tiny_model: wc.WhisperModel
+) -> None:
+    """LJSpeech sentences joined by 0.30 s pauses; the `.srt` beside them has each sentence's
+    exact times. With words fitted to pauses, every sentence start is a cue boundary (within
+    0.3 s); an end may sit later when reading speed stretched its cue into the pause."""
+    srt = pytest.importorskip("srt")
+    path = speech("long/ljspeech_LJ001_0001-0020_concat.wav")
+    result = tiny_model.transcribe(path, word_timestamps=True, words_at_pauses=True)
+    cues = build_cues(result)
+    edges = np.array(sorted({c.start for c in cues} | {c.end for c in cues}))
+    reference = list(srt.parse(path.with_suffix(".srt").read_text(encoding="utf-8")))
+    starts = [np.abs(edges - s.start.total_seconds()).min() for s in reference]
+    ends = [np.abs(edges - s.end.total_seconds()).min() for s in reference]
+    assert max(starts) <= 0.3 and np.median(starts) <= 0.1
+    assert sum(e <= 0.3 for e in ends) >= 19 and np.median(ends) <= 0.1
+    assert not [v for v in check_cues(cues, CueRules(), result.duration) if not v.reason]

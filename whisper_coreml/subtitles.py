@@ -242,7 +242,8 @@ def _greedy_lines(chunks: list[_Chunk], i: int, j: int, width: int) -> int:
 # Units are "one break in running text": a cue break there costs CUE + 1.0.
 _CUE = 1.0  # every extra cue: prefer fewer, fuller cues
 _SPLIT = 3.0  # a good break (a sentence end) left inside a cue
-_SPLIT_PAUSE = 2.0  # per second of silence beyond half a second inside a cue
+_SPLIT_PAUSE = 12.0  # per second of silence beyond _PAUSE inside a cue
+_PAUSE = 0.25  # silence between words that reads as a boundary (read speech pauses ~0.3 s between sentences)
 _FILL = 0.5  # an emptier cue (convex, so a long sentence splits into even parts)
 _READING = 10.0  # per unit of reading speed over the limit
 _SHORT = 6.0  # a cue that cannot stay up for the minimum duration
@@ -280,7 +281,7 @@ def _inside_cost(left: _Chunk, right: _Chunk) -> float:
     """The price of not breaking between `left` and `right` inside a cue: high at a sentence
     end or a comma with a pause, low at a bare comma, and growing with long silences."""
     gap = right.start - left.end
-    return _SPLIT * _boundary(left, right) ** 2 + _SPLIT_PAUSE * max(gap - 0.5, 0.0)
+    return _SPLIT * _boundary(left, right) ** 2 + _SPLIT_PAUSE * max(gap - _PAUSE, 0.0)
 
 
 def _cue_cost(chunks: list[_Chunk], i: int, j: int, rules: CueRules, media_end: float) -> float:

@@ -251,6 +251,60 @@ def add_word_timestamps(
     return result
 
 
+def find_pauses(mel: np.ndarray, depth: float = 0.875, min_pause: float = 0.15) -> list[tuple[float, float]]:
+    """Silences in one window's log-mel (n_mels, frames of audio), in seconds from its start.
+
+    A frame is quiet when its loudest band sits `depth` below the window's loud frames (95th
+    percentile); in Whisper's normalised log-mel one unit is 40 dB, so the default is 35 dB.
+    Runs of quiet frames at least `min_pause` long are pauses.
+    """
+    if mel.shape[1] == 0:
+        return []
+    loudness = mel.max(axis=0)
+    quiet = np.concatenate([[False], loudness < np.percentile(loudness, 95) - depth, [False]])
+    edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))
+    hop = HOP_LENGTH / SAMPLE_RATE
+    return [(a * hop, b * hop) for a, b in zip(edges[::2], edges[1::2], strict=True) if (b - a) * hop >= min_pause]
+
+
+def fit_words_to_pauses(segments: Sequence[Segment], pauses: Sequence[tuple[float, float]]) -> list[Segment]:
+    """Move word edges out of the pauses the audio shows.
+
+    Attention-based word times give the silence before a word to that word (or the one
+    before): "letters" ends at 82.63 s and "than" starts there, though "than" is spoken from
+    83.06 s. Subtitle cues then cannot see the pause between sentences. A pause over a word's
+    start or end trims it; a pause inside a word cuts it on its shorter side (the short part
+    being the neighbour's tail or the next word's lead). `pauses` are absolute seconds.
+    """
+    spans = [[w.start, w.end] for s in segments for w in s.words or ()]
+    for g0, g1 in pauses:
+        for i, (a, b) in enumerate(spans):
+            if b <= g0 or a >= g1:
+                continue
+            if a >= g0:  # the pause covers the word's start
+                if g1 < b - 0.05:
+                    spans[i][0] = g1
+            elif b <= g1:  # the pause covers its end
+                if g0 > a + 0.05:
+                    spans[i][1] = g0
+            elif g0 - a < b - g1:  # inside, closer to the start: the lead was the previous word's tail
+                spans[i][0] = g1
+                if i > 0:
+                    spans[i - 1][1] = max(spans[i - 1][1], g0)
+            else:
+                spans[i][1] = g0
+    fitted: list[Segment] = []
+    index = 0
+    for segment in segments:
+        words = []
+        for word in segment.words or ():
+            a, b = spans[index]
+            words.append(replace(word, start=round(a, 2), end=round(b, 2)))
+            index += 1
+        fitted.append(replace(segment, words=tuple(words)) if segment.words else segment)
+    return fitted
+
+
 def speech_end(segments: Sequence[Segment]) -> float | None:
     """Where the last word of `segments` ends, else the last segment's end (None if empty)."""
     for segment in reversed(segments):

@@ -17,7 +17,7 @@ from .audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, MelSource
 from .decoding import TIME_PRECISION, DecodingOptions, DecodingResult, decode_window, detect_language
 from .engines.base import Engine
 from .result import Segment, TranscriptionResult
-from .timing import add_word_timestamps, speech_end
+from .timing import add_word_timestamps, find_pauses, fit_words_to_pauses, speech_end
 from .tokenizer import Tokenizer
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
@@ -47,6 +47,9 @@ class TranscriptionOptions:
     max_initial_timestamp: float | None = 1.0
     clip_timestamps: tuple[float, ...] = ()
     word_timestamps: bool = False
+    # Move word edges out of silences the audio shows (subtitle cues then see sentence pauses);
+    # off, words are openai-whisper's exactly.
+    words_at_pauses: bool = False
     prepend_punctuations: str = "\"'“¿([{-"
     append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
 
@@ -218,6 +221,9 @@ def transcribe(
                     seek = round(last_word_end * FRAMES_PER_SECOND)
             if last_word_end is not None:
                 last_speech_timestamp = last_word_end
+            if options.words_at_pauses:  # after seeking, so the text stays openai-whisper's
+                pauses = find_pauses(mel[:, :segment_size])
+                window = fit_words_to_pauses(window, [(time_offset + a, time_offset + b) for a, b in pauses])
         for segment in window:
             if segment.start == segment.end or not segment.text.strip():
                 # Instantaneous or blank: kept for the record (as openai-whisper does), but empty.
