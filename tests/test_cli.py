@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -122,3 +124,82 @@ def test_usage_errors(tmp_path: Path) -> None:
     english_only = run(SAMPLE, "--language", "de")
     assert english_only.returncode == 2 and "English-only" in english_only.stderr
     assert not list(tmp_path.iterdir())
+
+
+# --- subtitle cues and editor formats ------------------------------------------------------------------
+
+
+def make_video_with_speech(path: Path, audio_from: Path) -> Path:
+    """An mp4 with a small picture track and `audio_from`'s sound, as a camera file would have."""
+    with av.open(str(audio_from)) as source:
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in source.decode(audio=0)]).astype(np.float32)
+        rate = source.streams.audio[0].rate
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=25)
+        video.width, video.height, video.pix_fmt = 160, 90, "yuv420p"
+        audio = container.add_stream("aac", rate=rate, layout="mono")
+        for i in range(int(len(samples) / rate * 25)):
+            frame = av.VideoFrame.from_ndarray(np.full((90, 160, 3), i % 255, np.uint8), format="rgb24")
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        frame = av.AudioFrame.from_ndarray(samples[None], format="flt", layout="mono")
+        frame.sample_rate = rate
+        container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+    return path
+
+
+def test_fcpxml_and_itt_for_final_cut_pro(tmp_path: Path, shared: Path) -> None:
+    etree = pytest.importorskip("lxml.etree")
+    video = make_video_with_speech(tmp_path / "Interview take 1.mp4", SAMPLE)
+    out = tmp_path / "out"
+    args = ["--format", "fcpxml,itt,srt", "--fps", "29.97", "--fcpxml-version", "1.11", "--fcpxml-with-media"]
+    result = run(video, *args, "--output-dir", out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    document = etree.parse(str(out / "Interview take 1.fcpxml"))
+    dtd = etree.DTD(str(shared / "fcpxml" / "dtd" / "FCPXMLv1_11.dtd"))
+    assert dtd.validate(document), dtd.error_log.filter_from_errors()
+    assert document.find("resources/format").get("frameDuration") == "1001/30000s"
+    assert document.find("resources/asset/media-rep").get("src") == video.resolve().as_uri()
+    captions = document.findall(".//asset-clip/caption")
+    subtitles = list(srt.parse((out / "Interview take 1.srt").read_text()))
+    assert len(captions) == len(subtitles) >= 2  # every format shows the same cues
+    texts = [c.findtext("text/text-style") for c in captions]
+    assert texts == [s.content for s in subtitles]
+    for caption in captions:
+        for attribute in ("offset", "duration"):
+            frames = Fraction(caption.get(attribute)[:-1]) / Fraction(1001, 30000)
+            assert (frames.denominator == 1 and frames > 0) or attribute == "offset"
+    itt = (out / "Interview take 1.itt").read_text()
+    assert 'ttp:frameRate="30"' in itt and 'ttp:frameRateMultiplier="1000 1001"' in itt
+    assert itt.count("<p ") == len(subtitles)
+
+
+def test_cue_rules_and_raw_segments(tmp_path: Path) -> None:
+    assert run(SAMPLE, "--format", "srt,json", "--cues", "raw", "--output-dir", tmp_path, "-q").returncode == 0
+    segments = json.loads((tmp_path / "espeak_welcome.json").read_text())["segments"]
+    raw = list(srt.parse((tmp_path / "espeak_welcome.srt").read_text()))
+    assert [c.content for c in raw] == [s["text"].strip() for s in segments if s["text"].strip()]
+    assert all(s["words"] is None for s in segments)  # raw cues need no word timing
+    narrow = tmp_path / "narrow"
+    assert run(SAMPLE, "--max-line-width", "20", "--max-lines", "1", "--output-dir", narrow, "-q").returncode == 0
+    cues = list(srt.parse((narrow / "espeak_welcome.srt").read_text()))
+    assert len(cues) > len(raw) and all(len(c.content) <= 20 and "\n" not in c.content for c in cues)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--fps", "12", "unknown frame rate '12'"),
+        ("--fcpxml-version", "1.5", "unsupported FCPXML version '1.5'"),
+        ("--fcpxml-style", "lower-thirds", "unknown FCPXML style"),
+        ("--cues", "segments", "unknown cue mode"),
+        ("--max-lines", "0", "max lines must be at least 1"),
+        ("--min-duration", "9", "cue durations need"),
+    ],
+)
+def test_bad_subtitle_options_are_usage_errors(tmp_path: Path, option: str, value: str, message: str) -> None:
+    result = run(SAMPLE, option, value, "--output-dir", tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,8 @@ from whisper_coreml.result import Segment, TranscriptionResult
 from whisper_coreml.subtitles import Cue, CueRules
 from whisper_coreml.timecode import FRAME_RATES, FrameRate, frame_rate
 from whisper_coreml.writers import WRITERS, WriteOptions, cues_for
-from whisper_coreml.writers.fcpxml import VERSIONS, fcp_time, frame_spans
+from whisper_coreml.writers.base import FCPXML_VERSIONS as VERSIONS
+from whisper_coreml.writers.fcpxml import fcp_time, frame_spans
 from whisper_coreml.writers.itt import TT, TTP
 
 etree = pytest.importorskip("lxml.etree")

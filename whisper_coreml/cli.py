@@ -45,19 +45,62 @@ def transcribe_command(
     temperature: Annotated[float | None, typer.Option(help="Fixed temperature; default falls back 0 -> 1.")] = None,
     engine: Annotated[str, typer.Option(help="auto, torch, coreml (macOS) or mil (converted model, any OS).")] = "auto",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, mps or auto (torch engine).")] = None,
+    word_timestamps: Annotated[
+        bool | None,
+        typer.Option(
+            "--word-timestamps/--no-word-timestamps",
+            help="Time every word (default: on when subtitle cues are built under the rules).",
+            show_default=False,
+        ),
+    ] = None,
+    cues: Annotated[str, typer.Option(help="rules (subtitle style rules) or raw (Whisper's segments).")] = "rules",
+    max_line_width: Annotated[int, typer.Option(help="Characters per line (CJK count double).")] = 42,
+    max_lines: Annotated[int, typer.Option(help="Lines per cue.")] = 2,
+    max_cps: Annotated[float, typer.Option(help="Reading speed limit, characters per second.")] = 20.0,
+    min_duration: Annotated[float, typer.Option(help="Shortest cue, seconds.")] = 5 / 6,
+    max_duration: Annotated[float, typer.Option(help="Longest cue, seconds.")] = 7.0,
+    fps: Annotated[str, typer.Option(help="Frame rate: 23.976, 24, 25, 29.97, 30, 50, 59.94 or 60.")] = "25",
+    fcpxml_version: Annotated[str, typer.Option(help="FCPXML version, 1.8 (widest import) to 1.13.")] = "1.8",
+    fcpxml_style: Annotated[str, typer.Option(help="captions, or titles for Final Cut Pro before 10.4.1.")] = (
+        "captions"
+    ),
+    fcpxml_with_media: Annotated[
+        bool, typer.Option(help="Reference the input as the project's clip, so it opens with the footage.")
+    ] = False,
+    highlight_words: Annotated[bool, typer.Option(help="WebVTT: underline each word as it is spoken.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only errors.")] = False,
 ) -> None:
     """Transcribe FILES into subtitle files written next to each input (or into --output-dir)."""
+    from dataclasses import replace
+
     from .api import load_model
-    from .writers import output_path_for, parse_formats, write_result
+    from .subtitles import CueRules
+    from .timecode import frame_rate
+    from .writers import SUBTITLE_FORMATS, WriteOptions, cues_for, output_path_for, parse_formats, write_result
 
     try:
         formats = parse_formats(format)
+        rules = CueRules(max_line_width, max_lines, max_cps, min_duration, max_duration, fps=frame_rate(fps))
+        write_options = WriteOptions(
+            cues=cues,
+            rules=rules,
+            fcpxml_version=fcpxml_version,
+            fcpxml_style=fcpxml_style,
+            highlight_words=highlight_words,
+        )
     except ValueError as e:
         raise fail(str(e), 2) from None
+    if word_timestamps is None:  # cues under the rules are cut at word times when there are any
+        word_timestamps = cues == "rules" and any(f in SUBTITLE_FORMATS for f in formats)
     try:
         whisper = load_model(model, engine=engine, device=device)
-        overrides: dict = {"language": language, "task": task, "initial_prompt": initial_prompt}
+        overrides: dict = {
+            "language": language,
+            "task": task,
+            "initial_prompt": initial_prompt,
+            "word_timestamps": word_timestamps,
+            "words_at_pauses": word_timestamps and cues == "rules",
+        }
         if temperature is not None:
             overrides["temperature"] = temperature
         options = whisper.options(**overrides)
@@ -78,8 +121,10 @@ def transcribe_command(
                 result = whisper.transcribe(file, options=options, progress=report)
             if output_dir is not None:
                 output_dir.mkdir(parents=True, exist_ok=True)
+            options_for_file = replace(write_options, media=file) if fcpxml_with_media else write_options
+            subtitles = cues_for(result, options_for_file)
             for fmt, target in zip(formats, targets, strict=True):
-                write_result(result, fmt, target)
+                write_result(result, fmt, target, options_for_file, subtitles)
         except (WhisperCoreMLError, OSError) as e:
             stderr.print(f"error: {e}", markup=False, soft_wrap=True)
             failed += 1

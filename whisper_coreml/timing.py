@@ -264,7 +264,8 @@ def find_pauses(mel: np.ndarray, depth: float = 0.875, min_pause: float = 0.15) 
     quiet = np.concatenate([[False], loudness < np.percentile(loudness, 95) - depth, [False]])
     edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))
     hop = HOP_LENGTH / SAMPLE_RATE
-    return [(a * hop, b * hop) for a, b in zip(edges[::2], edges[1::2], strict=True) if (b - a) * hop >= min_pause]
+    runs = zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)
+    return [(a * hop, b * hop) for a, b in runs if (b - a) * hop >= min_pause]
 
 
 def fit_words_to_pauses(segments: Sequence[Segment], pauses: Sequence[tuple[float, float]]) -> list[Segment]:
@@ -299,7 +300,7 @@ def fit_words_to_pauses(segments: Sequence[Segment], pauses: Sequence[tuple[floa
         words = []
         for word in segment.words or ():
             a, b = spans[index]
-            words.append(replace(word, start=round(a, 2), end=round(b, 2)))
+            words.append(replace(word, start=round(float(a), 2), end=round(float(b), 2)))
             index += 1
         fitted.append(replace(segment, words=tuple(words)) if segment.words else segment)
     return fitted

@@ -22,9 +22,11 @@ WRITERS: dict[str, Writer] = {
     "itt": ITTWriter(),
 }
 FORMATS: tuple[str, ...] = tuple(WRITERS)
+SUBTITLE_FORMATS = frozenset({"srt", "vtt", "fcpxml", "itt"})  # the formats that show cues
 
 __all__ = [
     "FORMATS",
+    "SUBTITLE_FORMATS",
     "WRITERS",
     "WriteOptions",
     "Writer",
@@ -77,11 +79,7 @@ def output_path_for(
 def cues_for(result: TranscriptionResult, options: WriteOptions) -> tuple[Cue, ...]:
     """The subtitle cues every format of one result shares (built once per result): under
     `options.rules`, or one per Whisper segment when `options.cues` is "raw"."""
-    if options.cues == "raw":
-        return raw_cues(result)
-    if options.cues == "rules":
-        return build_cues(result, options.rules)
-    raise ValueError(f"unknown cue mode {options.cues!r}; choose rules or raw")
+    return raw_cues(result) if options.cues == "raw" else build_cues(result, options.rules)
 
 
 def write_result(

@@ -14,6 +14,10 @@ from whisper_coreml.result import TranscriptionResult
 from whisper_coreml.subtitles import Cue, CueRules
 from whisper_coreml.writers.atomic import atomic_write_text
 
+CUE_MODES = ("rules", "raw")
+FCPXML_VERSIONS = ("1.8", "1.9", "1.10", "1.11", "1.12", "1.13")
+FCPXML_STYLES = ("captions", "titles")
+
 
 @dataclass(frozen=True)
 class WriteOptions:
@@ -27,6 +31,16 @@ class WriteOptions:
     fcpxml_style: str = "captions"  # "captions" or "titles" (Basic Title clips, FCP < 10.4.1)
     media: Path | None = None  # a video to reference as the project's asset clip
     highlight_words: bool = False
+
+    def __post_init__(self) -> None:
+        # The CLI passes user values straight in: refuse them before any audio is decoded.
+        if self.cues not in CUE_MODES:
+            raise ValueError(f"unknown cue mode {self.cues!r}; choose rules or raw")
+        if self.fcpxml_version not in FCPXML_VERSIONS:
+            known = ", ".join(FCPXML_VERSIONS)
+            raise ValueError(f"unsupported FCPXML version {self.fcpxml_version!r}; choose from {known}")
+        if self.fcpxml_style not in FCPXML_STYLES:
+            raise ValueError(f"unknown FCPXML style {self.fcpxml_style!r}; choose captions or titles")
 
 
 class Writer(ABC):

@@ -28,8 +28,6 @@ from whisper_coreml.subtitles import Cue
 from whisper_coreml.timecode import FRAME_RATES, FrameRate
 from whisper_coreml.writers.base import WriteOptions, Writer
 
-VERSIONS = ("1.8", "1.9", "1.10", "1.11", "1.12", "1.13")
-STYLES = ("captions", "titles")
 BASIC_TITLE = ".../Titles.localized/Bumper:Opener.localized/Basic Title.localized/Basic Title.moti"
 CAPTION_STYLE = {
     "font": ".AppleSystemUIFont",
@@ -122,12 +120,6 @@ class FCPXMLWriter(Writer):
     extension = ".fcpxml"
 
     def render(self, result: TranscriptionResult, cues: Sequence[Cue], options: WriteOptions) -> str:
-        if options.fcpxml_version not in VERSIONS:
-            raise ValueError(
-                f"unsupported FCPXML version {options.fcpxml_version!r}; choose from {', '.join(VERSIONS)}"
-            )
-        if options.fcpxml_style not in STYLES:
-            raise ValueError(f"unknown FCPXML style {options.fcpxml_style!r}; choose captions or titles")
         rate = options.rules.fps
         media = Media.probe(options.media) if options.media is not None else None
         spans = frame_spans(cues, rate)
