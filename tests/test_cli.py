@@ -167,9 +167,8 @@ def test_fcpxml_and_itt_for_final_cut_pro(tmp_path: Path, shared: Path) -> None:
     texts = [c.findtext("text/text-style") for c in captions]
     assert texts == [s.content for s in subtitles]
     for caption in captions:
-        for attribute in ("offset", "duration"):
-            frames = Fraction(caption.get(attribute)[:-1]) / Fraction(1001, 30000)
-            assert (frames.denominator == 1 and frames > 0) or attribute == "offset"
+        offset, duration = (Fraction(caption.get(a)[:-1]) / Fraction(1001, 30000) for a in ("offset", "duration"))
+        assert offset.denominator == duration.denominator == 1 and duration > 0
     itt = (out / "Interview take 1.itt").read_text()
     assert 'ttp:frameRate="30"' in itt and 'ttp:frameRateMultiplier="1000 1001"' in itt
     assert itt.count("<p ") == len(subtitles)
