@@ -242,11 +242,12 @@ def _greedy_lines(chunks: list[_Chunk], i: int, j: int, width: int) -> int:
 # Units are "one break in running text": a cue break there costs CUE + 1.0.
 _CUE = 1.0  # every extra cue: prefer fewer, fuller cues
 _SPLIT = 3.0  # a good break (a sentence end) left inside a cue
-_SPLIT_PAUSE = 12.0  # per second of silence beyond _PAUSE inside a cue
+_SPLIT_PAUSE = 12.0  # per second of silence beyond _PAUSE inside a cue, up to _PAUSE_CAP
 _PAUSE = 0.25  # silence between words that reads as a boundary (read speech pauses ~0.3 s between sentences)
+_PAUSE_CAP = 0.15  # longer silences mark no stronger a boundary
 _FILL = 0.5  # an emptier cue (convex, so a long sentence splits into even parts)
 _READING = 10.0  # per unit of reading speed over the limit
-_SHORT = 6.0  # a cue that cannot stay up for the minimum duration
+_SHORT = 25.0  # a cue that cannot stay up for the minimum duration (join it to a neighbour instead)
 _BALANCE = 2.0  # uneven lines inside a cue
 
 
@@ -281,7 +282,7 @@ def _inside_cost(left: _Chunk, right: _Chunk) -> float:
     """The price of not breaking between `left` and `right` inside a cue: high at a sentence
     end or a comma with a pause, low at a bare comma, and growing with long silences."""
     gap = right.start - left.end
-    return _SPLIT * _boundary(left, right) ** 2 + _SPLIT_PAUSE * max(gap - _PAUSE, 0.0)
+    return _SPLIT * _boundary(left, right) ** 2 + _SPLIT_PAUSE * min(max(gap - _PAUSE, 0.0), _PAUSE_CAP)
 
 
 def _cue_cost(chunks: list[_Chunk], i: int, j: int, rules: CueRules, media_end: float) -> float:
@@ -395,7 +396,9 @@ def check_cues(cues: Sequence[Cue], rules: CueRules, media_end: float | None = N
     found = []
     gap, frame, tol = rules.min_gap, float(rules.fps.frame_duration), 1e-6
     for k, cue in enumerate(cues):
-        room = cues[k + 1].start - gap if k + 1 < len(cues) else (math.inf if media_end is None else media_end)
+        # the media's end on the frame grid, as build_cues clamps the last cue to it
+        end_of_media = math.inf if media_end is None else float(rules.fps.to_seconds(rules.fps.to_frames(media_end)))
+        room = cues[k + 1].start - gap if k + 1 < len(cues) else end_of_media
         duration = cue.end - cue.start
         blocked = cue.end >= room - tol
         boxed = blocked or duration + frame > rules.max_duration  # no frame left to stretch it
