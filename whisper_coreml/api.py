@@ -36,18 +36,21 @@ class WhisperModel:
 
     def transcribe(
         self,
-        audio: str | Path | np.ndarray,
+        audio: str | Path | np.ndarray | MelSource,
         *,
         options: TranscriptionOptions | None = None,
         progress: Progress | None = None,
         **overrides: Any,
     ) -> TranscriptionResult:
-        """Transcribe a file (any audio or video format) or 16 kHz mono float32 samples.
+        """Transcribe a file (any audio or video format), 16 kHz mono float32 samples, or an
+        opened `MelSource` (which the caller closes; batches open the next file ahead).
 
         Keyword overrides are `TranscriptionOptions` fields, e.g. `language="de"`,
         `task="translate"`, `initial_prompt="..."`, `temperature=0.0`.
         """
         options = self.options(options, **overrides)
+        if isinstance(audio, MelSource):
+            return run_transcription(self.engine, self.tokenizer, audio, options, progress, self.name)
         source = (
             MelSource.from_array(audio, self.engine.dims.n_mels)
             if isinstance(audio, np.ndarray)

@@ -8,16 +8,18 @@ errors. Progress shows only on a terminal and never with --quiet.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .errors import WhisperCoreMLError
+
+if TYPE_CHECKING:
+    from .batch import Report
 
 app = typer.Typer(
     add_completion=False,
@@ -35,7 +37,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def transcribe_command(
-    files: Annotated[list[Path], typer.Argument(help="Audio or video files to transcribe.", show_default=False)],
+    paths: Annotated[list[Path], typer.Argument(help="Audio or video files, or folders of them.", show_default=False)],
     format: Annotated[str, typer.Option("--format", "-f", help="srt, vtt, txt, json, a comma list, or all.")] = "srt",
     model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name (tiny.en, base) or path.")] = None,
     language: Annotated[str | None, typer.Option(help="Spoken language (code or name); detected if omitted.")] = None,
@@ -68,15 +70,21 @@ def transcribe_command(
         bool, typer.Option(help="Reference the input as the project's clip, so it opens with the footage.")
     ] = False,
     highlight_words: Annotated[bool, typer.Option(help="WebVTT: underline each word as it is spoken.")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search folders' subfolders too.")] = False,
+    include: Annotated[list[str] | None, typer.Option(help="Only files matching this glob (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Skip files matching this glob (repeatable).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo inputs whose outputs are already up to date.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Write the run's summary as JSON here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only errors.")] = False,
 ) -> None:
-    """Transcribe FILES into subtitle files written next to each input (or into --output-dir)."""
-    from dataclasses import replace
-
-    from .api import load_model
+    """Transcribe PATHS (files, or folders of media) into subtitle files next to each input or
+    under --output-dir. Inputs whose outputs are newer are skipped; a bad file never stops the rest."""
+    from .api import WhisperModel, load_model
+    from .batch import discover, plan, run_batch
     from .subtitles import CueRules
     from .timecode import frame_rate
-    from .writers import SUBTITLE_FORMATS, WriteOptions, cues_for, output_path_for, parse_formats, write_result
+    from .transcribe import TranscriptionOptions
+    from .writers import SUBTITLE_FORMATS, WriteOptions, parse_formats
 
     try:
         formats = parse_formats(format)
@@ -92,7 +100,11 @@ def transcribe_command(
         raise fail(str(e), 2) from None
     if word_timestamps is None:  # cues under the rules are cut at word times when there are any
         word_timestamps = cues == "rules" and any(f in SUBTITLE_FORMATS for f in formats)
-    try:
+    jobs = plan(discover(paths, recursive, include or (), exclude or ()), formats, output_dir)
+    if not jobs:
+        raise fail("no audio or video files found in " + ", ".join(map(str, paths)), 2)
+
+    def load() -> tuple[WhisperModel, TranscriptionOptions]:
         whisper = load_model(model, engine=engine, device=device)
         overrides: dict = {
             "language": language,
@@ -103,78 +115,101 @@ def transcribe_command(
         }
         if temperature is not None:
             overrides["temperature"] = temperature
-        options = whisper.options(**overrides)
-    except (WhisperCoreMLError, ValueError) as e:
-        raise fail(str(e), 2 if isinstance(e, ValueError) else 1) from None
+        return whisper, whisper.options(**overrides)
 
-    show_progress = not quiet and stderr.is_terminal
-    failed = 0
-    for file in files:
-        targets = [output_path_for(file, fmt, output_dir) for fmt in formats]
-        if any(t.resolve() == file.resolve() for t in targets):
-            stderr.print(f"error: {file}: output would overwrite the input; use --output-dir", markup=False)
-            failed += 1
-            continue
-        started = time.perf_counter()
-        try:
-            with _progress_bar(show_progress, file.name) as report:
-                result = whisper.transcribe(file, options=options, progress=report)
-            if output_dir is not None:
-                output_dir.mkdir(parents=True, exist_ok=True)
-            options_for_file = replace(write_options, media=file) if fcpxml_with_media else write_options
-            subtitles = cues_for(result, options_for_file)
-            for fmt, target in zip(formats, targets, strict=True):
-                write_result(result, fmt, target, options_for_file, subtitles)
-        except (WhisperCoreMLError, OSError) as e:
-            stderr.print(f"error: {e}", markup=False, soft_wrap=True)
-            failed += 1
-            continue
-        if not quiet:
-            elapsed = time.perf_counter() - started
-            written = ", ".join(str(t) for t in targets)
+    presenter = _Presenter(quiet, len(jobs))
+    try:
+        with presenter:
+            result = run_batch(jobs, load, write_options, fcpxml_with_media, overwrite, presenter.event)
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+    except WhisperCoreMLError as e:
+        raise fail(str(e)) from None
+    if report is not None:
+        result.write(report)
+    presenter.summary(result)
+    raise typer.Exit(result.exit_code)
+
+
+class _Presenter:
+    """Progress and results on stderr: rich bars on a terminal, one plain line per file when
+    piped, nothing but errors with --quiet; a summary table when there was more than one input."""
+
+    def __init__(self, quiet: bool, total: int) -> None:
+        self.quiet = quiet
+        self.total = total
+        self.live = not quiet and stderr.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeRemainingColumn(),
+            console=stderr,
+            transient=True,
+        )
+        self.overall: TaskID | None = None
+        self.current: TaskID | None = None
+        self.audio_done = 0.0
+
+    def __enter__(self) -> _Presenter:
+        if self.live:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.progress.stop()
+
+    def event(self, kind: str, info: dict) -> None:
+        if kind == "start" and self.live:
+            if self.overall is None:
+                self.overall = self.progress.add_task("all files", total=info["total"], detail="")
+            if self.current is not None:
+                self.progress.remove_task(self.current)
+            self.current = self.progress.add_task(Path(info["source"]).name, total=None, detail="")
+            minutes = self.audio_done / 60
+            detail = f"{info['index']}/{info['total']} files, {minutes:.1f} min of audio"
+            self.progress.update(self.overall, completed=info["index"], detail=detail)
+        elif kind == "progress" and self.live and self.current is not None:
+            detail = f"{info['done']:.0f}/{info['total']:.0f} s"
+            self.progress.update(self.current, completed=info["done"], total=info["total"], detail=detail)
+        elif kind == "outcome":
+            outcome = info["outcome"]
+            self.audio_done += outcome.duration or 0.0
+            if outcome.status == "failed":
+                stderr.print(f"error: {outcome.error}", markup=False, soft_wrap=True)
+            elif outcome.status == "locked":
+                stderr.print(f"skipped: {outcome.error}", markup=False, soft_wrap=True)
+            elif outcome.status == "done" and not self.quiet:
+                written = ", ".join(outcome.outputs)
+                line = f"{outcome.source}: {outcome.duration:.1f} s of audio in {outcome.seconds:.1f} s -> {written}"
+                stderr.print(line, markup=False, soft_wrap=True)
+
+    def summary(self, report: Report) -> None:
+        if report.interrupted:
+            done = report.count("done")
             stderr.print(
-                f"{file}: {result.duration:.1f} s of {result.language} audio in {elapsed:.1f} s -> {written}",
+                f"interrupted: {done} file(s) finished and kept, no partial outputs left; "
+                "run the same command again to do the rest",
                 markup=False,
                 soft_wrap=True,
             )
-    if failed:
-        raise typer.Exit(1)
-
-
-class _progress_bar:
-    """A rich progress bar over audio seconds, or a no-op reporter when not on a terminal."""
-
-    def __init__(self, enabled: bool, label: str) -> None:
-        self.progress = (
-            Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
-                TimeRemainingColumn(),
-                console=stderr,
-                transient=True,
-            )
-            if enabled
-            else None
-        )
-        self.label = label
-        self.task_id: int | None = None
-
-    def __enter__(self):
-        if self.progress is None:
-            return None
-        self.progress.start()
-
-        def report(done: float, total: float) -> None:
-            if self.task_id is None:
-                self.task_id = self.progress.add_task(self.label, total=total)
-            self.progress.update(self.task_id, completed=done, total=total)
-
-        return report
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        if self.quiet:
+            return
+        fresh = report.count("up to date")
+        if fresh == len(report.outcomes) and not report.interrupted:
+            stderr.print(f"all {fresh} input(s) up to date: nothing to do (--overwrite redoes them)", markup=False)
+            return
+        if len(report.outcomes) > 1:
+            table = Table(box=None, title="summary", title_justify="left")
+            for column in ("file", "duration", "status", "time"):
+                table.add_column(column)
+            for o in report.outcomes:
+                duration = f"{o.duration:.1f} s" if o.duration is not None else "-"
+                table.add_row(o.source, duration, o.status, f"{o.seconds:.1f} s" if o.seconds else "-")
+            stderr.print(table)
+            counts = ", ".join(f"{report.count(s)} {s}" for s in ("done", "up to date", "locked", "failed"))
+            stderr.print(counts, markup=False)
 
 
 app.command("transcribe")(transcribe_command)

@@ -1,0 +1,217 @@
+"""Batches as an editor runs them: a card dump of good and broken media, re-runs that do
+nothing, Ctrl-C in the middle, and two runs that must not trample each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import srt
+
+from whisper_coreml.batch import Job, discover, output_locks, plan
+from whisper_coreml.writers import output_path_for
+
+GOOD_CLIPS = [
+    "arctic_a0010.wav",
+    "arctic_a0024.wav",
+    "arctic_aew_a0001.wav",
+    "arctic_aew_a0002.wav",
+    "arctic_aew_a0003.wav",
+    "arctic_axb_a0004.wav",
+    "arctic_axb_a0005.wav",
+    "arctic_axb_a0006.wav",
+    "ljspeech_LJ001-0002.wav",
+    "ljspeech_LJ001-0008.wav",
+    "jfk_inaugural_excerpt.flac",
+]
+
+
+def cli(*args: str | Path) -> subprocess.Popen[str]:
+    code = "from whisper_coreml.cli import transcribe_main; transcribe_main()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    process = cli(*args)
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def as_video(source: Path, target: Path) -> Path:
+    """`source`'s speech in a video container (mp4/mov) with a small picture track, made with PyAV."""
+    with av.open(str(source)) as container:
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+        rate = container.streams.audio[0].rate
+        if samples.dtype == np.int16:
+            samples = samples / 32768
+    with av.open(str(target), "w") as out:
+        video = out.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("aac", rate=rate, layout="mono")
+        for i in range(int(len(samples) / rate * 10)):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), i % 250, np.uint8), format="rgb24")))
+        out.mux(video.encode(None))
+        frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None], format="flt", layout="mono")
+        frame.sample_rate = rate
+        out.mux(audio.encode(frame))
+        out.mux(audio.encode(None))
+    return target
+
+
+@pytest.fixture
+def card_dump(tmp_path: Path, shared: Path) -> tuple[Path, set[str], dict[str, str]]:
+    """20 inputs: 14 good (10 clips, one of them again as mp4 and mov video, one with spaces
+    and accents in its name, one in a subfolder) and 6 broken ones with the problem each must
+    report (as root, the unreadable file is readable: then 15 and 5)."""
+    folder = tmp_path / "card"
+    (folder / "B-roll").mkdir(parents=True)
+    en = shared / "speech" / "en"
+    good = set()
+    for name in GOOD_CLIPS[:10]:
+        (folder / name).write_bytes((en / name).read_bytes())
+        good.add(name)
+    as_video(en / "arctic_a0010.wav", folder / "interview.mp4")
+    as_video(en / "arctic_a0010.wav", folder / "interview.mov")
+    (folder / "Entrevista café 1.wav").write_bytes((en / "ljspeech_LJ001-0002.wav").read_bytes())
+    (folder / "B-roll" / "room tone.wav").write_bytes((en / "arctic_axb_a0005.wav").read_bytes())
+    good |= {"interview.mp4", "interview.mov", "Entrevista café 1.wav", "B-roll/room tone.wav"}
+    (folder / "empty.wav").touch()
+    (folder / "notes.mp3").write_text("meeting notes, not audio\n" * 50)
+    mp3 = shared / "speech" / "long" / "librivox_shakespeare_sonnet001.mp3"
+    (folder / "cut.mp3").write_bytes(mp3.read_bytes()[: mp3.stat().st_size // 2])
+    with av.open(str(folder / "no sound.mov"), "w") as out:
+        video = out.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for i in range(10):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), i, np.uint8), format="rgb24")))
+        out.mux(video.encode(None))
+    (folder / "damaged.flac").write_bytes(b"fLaC" + os.urandom(3000))
+    locked = folder / "locked.wav"
+    locked.write_bytes((en / "arctic_a0024.wav").read_bytes())
+    locked.chmod(0)
+    bad = {
+        "empty.wav": "empty file",
+        "notes.mp3": "not an audio or video file",
+        "cut.mp3": "truncated",
+        "no sound.mov": "no audio track",
+        "damaged.flac": "",
+        "locked.wav": "permission denied",
+    }
+    if os.geteuid() == 0:  # root reads it anyway: it is a good input then
+        bad.pop("locked.wav")
+        good.add("locked.wav")
+    assert len(good) + len(bad) == 20
+    return folder, good, bad
+
+
+def outputs_under(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def test_card_dump_batch_then_rerun(card_dump: tuple[Path, set[str], dict[str, str]], tmp_path: Path) -> None:
+    folder, good, bad = card_dump
+    out, report = tmp_path / "subs", tmp_path / "batch.json"
+    args = [folder, "--recursive", "--format", "srt,json", "--output-dir", out, "--report", report]
+    first = run(*args)
+    assert first.returncode == 1, first.stderr
+    expected = {str(Path(name).with_suffix(ext)) for name in good for ext in (".srt", ".json")}
+    assert outputs_under(out) == expected  # exactly the good ones, mirrored, nothing else
+    errors = [line for line in first.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(bad)
+    for name, problem in bad.items():
+        assert any(name in line and problem in line for line in errors), (name, errors)
+    data = json.loads(report.read_text())
+    assert data["counts"] == {"done": len(good), "up to date": 0, "locked": 0, "failed": len(bad)}
+    assert f"{len(good)} done" in first.stderr and f"{len(bad)} failed" in first.stderr
+    for name in good:
+        cues = list(srt.parse((out / Path(name).with_suffix(".srt")).read_text()))
+        assert cues and all(c.content for c in cues)
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    started = time.perf_counter()
+    second = run(*args)
+    elapsed = time.perf_counter() - started
+    assert second.returncode == 1  # the broken inputs are tried again, and fail again
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps  # nothing re-transcribed
+    assert json.loads(report.read_text())["counts"]["up to date"] == len(good)
+    assert " s of audio in " not in second.stderr
+    print(f"re-run of the 20-input folder: {elapsed:.1f} s")
+
+
+def test_finished_folder_rerun_does_no_model_work(tmp_path: Path, shared: Path) -> None:
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes((shared / "speech" / "en" / "arctic_a0010.wav").read_bytes())
+    assert run(clip, "--format", "srt,vtt").returncode == 0
+    again = run(clip, "--format", "srt,vtt", "--model", "no-such-model")  # loading it would fail
+    assert again.returncode == 0, again.stderr
+    assert "up to date: nothing to do" in again.stderr
+    forced = run(clip, "--format", "srt", "--overwrite", "--model", "no-such-model")
+    assert forced.returncode == 1 and "no-such-model" in forced.stderr
+
+
+def test_sigint_mid_batch_keeps_finished_outputs_and_resumes(tmp_path: Path, shared: Path) -> None:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in GOOD_CLIPS[:8]:
+        (folder / name).write_bytes((shared / "speech" / "en" / name).read_bytes())
+    process = cli(folder, "--format", "srt,json,fcpxml", "--quiet")
+    deadline = time.monotonic() + 300
+    while not list(folder.glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "run the same command again" in stderr
+    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers  # no temp files, no locks
+    finished = {p.stem for p in folder.glob("*.json")}
+    assert 1 <= len(finished) < 8
+    for stem in finished:  # whatever exists is complete
+        json.loads((folder / f"{stem}.json").read_text())
+        assert list(srt.parse((folder / f"{stem}.srt").read_text()))
+    resumed = run(folder, "--format", "srt,json,fcpxml", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert {p.stem for p in folder.glob("*.fcpxml")} == {Path(n).stem for n in GOOD_CLIPS[:8]}
+
+
+def test_discover_filters_and_mirrors(tmp_path: Path) -> None:
+    for name in ("a.wav", "b.MOV", "notes.txt", ".hidden.wav", "sub/c.mp3", "sub/deeper/d.flac", ".cache/e.wav"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    names = lambda found: sorted(p.relative_to(tmp_path).as_posix() for p, _ in found)  # noqa: E731
+    assert names(discover([tmp_path])) == ["a.wav", "b.MOV"]
+    assert names(discover([tmp_path], recursive=True)) == ["a.wav", "b.MOV", "sub/c.mp3", "sub/deeper/d.flac"]
+    assert names(discover([tmp_path], True, exclude=["sub/deeper/*"])) == ["a.wav", "b.MOV", "sub/c.mp3"]
+    assert names(discover([tmp_path], True, include=["*.txt"])) == ["notes.txt"]
+    explicit = discover([tmp_path / "notes.txt", tmp_path / "a.wav", tmp_path / "a.wav"])  # as given, once each
+    assert explicit == [(tmp_path / "notes.txt", None), (tmp_path / "a.wav", None)]
+    jobs = plan(discover([tmp_path], recursive=True), ["srt"], tmp_path / "out")
+    assert [t for job in jobs for _, t in job.targets][-1] == tmp_path / "out" / "sub" / "deeper" / "d.srt"
+    assert plan([(tmp_path / "a.wav", None)], ["srt"], None)[0].targets[0][1] == tmp_path / "a.srt"
+
+
+def test_output_locks_between_runs(tmp_path: Path) -> None:
+    source = tmp_path / "clip.wav"
+    source.touch()
+    job = Job(source, (("srt", output_path_for(source, "srt")),))
+    lock = tmp_path / ".clip.srt.lock"
+    with output_locks(job) as taken:
+        assert taken and lock.read_text() == str(os.getpid())
+        with output_locks(job) as again:  # a live run holds it
+            assert not again
+    assert not lock.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout.strip())  # left behind by a run that died
+    with output_locks(job) as taken:
+        assert taken
+    assert not lock.exists()
