@@ -87,6 +87,13 @@ class MultiHeadAttention(nn.Module):
     def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """Attention of `x`'s queries over head-split `k`, `v`; `mask` is additive."""
         q = self.split_heads(self.query(x))
+        if k.shape[0] == 1 < q.shape[0] and mask is None:
+            # Several sequences over one window's audio (sampling with best_of): their queries
+            # share the keys, so they attend as one sequence of B*T queries instead of copying
+            # the cross-attention keys and values B times.
+            b, h, t, d = q.shape
+            out = F.scaled_dot_product_attention(q.transpose(0, 1).reshape(1, h, b * t, d), k, v)
+            return self.out(out.reshape(h, b, t, d).permute(1, 2, 0, 3).flatten(2))
         if q.shape[2] == 1 and mask is None:
             # One query per step while decoding: plain matmuls beat the fused kernel's setup cost.
             out = ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(dim=-1) @ v

@@ -107,8 +107,7 @@ class TorchEngine:
         return self.model.decoder.cross_kv(self.model.encoder(x))
 
     def decoder(self, features: list[KV], batch_size: int = 1) -> TorchSession:
-        if batch_size > 1:
-            features = [(k.repeat(batch_size, 1, 1, 1), v.repeat(batch_size, 1, 1, 1)) for k, v in features]
+        # The cross-attention keys/values stay batch 1 for any batch: attention shares them.
         return TorchSession(self.model, features, self.logits)
 
     @torch.inference_mode()
