@@ -107,11 +107,8 @@ def find_alignment(
         return []
     sot = tokenizer.sot_sequence
     tokens = [*sot, tokenizer.no_timestamps, *text_tokens, tokenizer.eot]
-    logits, weights = engine.align(features, tokens)
-
-    sampled = logits[len(sot) : len(sot) + len(text_tokens), : tokenizer.eot].astype(np.float64)
-    sampled = np.exp(sampled - sampled.max(axis=-1, keepdims=True))
-    probs = sampled[np.arange(len(text_tokens)), list(text_tokens)] / sampled.sum(axis=-1)
+    following, weights = engine.align(features, tokens, tokenizer.eot)
+    probs = following[len(sot) : len(sot) + len(text_tokens)]  # each text token's probability
 
     weights = weights[:, :, : num_frames // FRAMES_PER_TOKEN].astype(np.float32)
     weights = weights / weights.sum(axis=-1, keepdims=True)

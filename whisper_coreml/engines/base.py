@@ -44,10 +44,13 @@ class Engine(Protocol):
         """A fresh session over `features`, replicated for `batch_size` sequences."""
         ...
 
-    def align(self, features: Any, tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def align(self, features: Any, tokens: Sequence[int], vocab_end: int) -> tuple[np.ndarray, np.ndarray]:
         """Teacher-force `tokens` over `features` for word timing.
 
-        Returns float32 logits (T, V) at every position and the alignment heads' cross-attention
-        weights (A, T, n_audio_ctx), softmaxed over all audio frames.
+        Returns, for each position, the probability of the token that follows it among the
+        first `vocab_end` vocabulary entries (Whisper's text tokens; NaN where the next token is
+        outside them or there is none), and the alignment heads' cross-attention weights
+        (A, T, n_audio_ctx), softmaxed over all audio frames. Probabilities rather than logits:
+        (T, n_vocab) logits of a full window would be the largest thing in memory.
         """
         ...

@@ -170,11 +170,16 @@ class BundleEngine(ABC):
     def decoder(self, features: EncodedWindow, batch_size: int = 1) -> StepSession:
         """A session over `features` on this engine's decoder program."""
 
-    def align(self, features: EncodedWindow, tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def align(self, features: EncodedWindow, tokens: Sequence[int], vocab_end: int) -> tuple[np.ndarray, np.ndarray]:
         """The converted decoder returns the alignment heads' weights with every token's logits."""
         session = self.decoder(features)
-        logits = session.step(np.asarray([tokens]), positions=range(len(tokens)))[0]
-        return logits, session.alignment_weights[0].astype(np.float32)
+        probs = np.full(len(tokens), np.nan)
+        for i, token in enumerate(tokens):
+            logits = session.step(np.array([[token]]))[0, -1, :vocab_end].astype(np.float64)
+            if i + 1 < len(tokens) and tokens[i + 1] < vocab_end:
+                logits = np.exp(logits - logits.max())
+                probs[i] = logits[tokens[i + 1]] / logits.sum()
+        return probs, session.alignment_weights[0].astype(np.float32)
 
     def _session(self, program: Any, features: EncodedWindow, batch_size: int) -> StepSession:
         if self.stateful:

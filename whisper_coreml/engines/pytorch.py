@@ -111,11 +111,11 @@ class TorchEngine:
         return TorchSession(self.model, features, self.logits)
 
     @torch.inference_mode()
-    def align(self, features: list[KV], tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def align(self, features: list[KV], tokens: Sequence[int], vocab_end: int) -> tuple[np.ndarray, np.ndarray]:
         # Hooks catch what each cross-attention reads, and only the alignment heads' weights are
         # recomputed from it: the model's forward stays the one the converter traces.
         blocks = self.model.decoder.blocks
-        queries: dict[int, torch.Tensor] = {}
+        queries: dict[int, Tensor] = {}
         hooks = [
             blocks[layer].cross_attn_ln.register_forward_hook(
                 lambda _module, _inputs, out, layer=layer: queries.__setitem__(layer, out)
@@ -123,14 +123,23 @@ class TorchEngine:
             for layer in {layer for layer, _ in self.alignment_heads}
         ]
         try:
-            logits = self.decoder(features).step(np.asarray([tokens]), positions=range(len(tokens)))[0]
+            ids = torch.tensor([list(tokens)], device=self.device)
+            hidden, _ = self.model.decoder(ids, features)
         finally:
             for hook in hooks:
                 hook.remove()
+        following = torch.tensor([*tokens[1:], vocab_end], device=self.device)
+        probs = torch.full((len(tokens),), float("nan"))
+        for a in range(0, len(tokens), 32):  # a few rows of logits at a time
+            b = min(a + 32, len(tokens))
+            logprobs = self.logits(hidden[:, a:b])[0, :, :vocab_end].float().log_softmax(dim=-1)
+            inside = following[a:b] < vocab_end
+            rows = torch.arange(b - a, device=self.device)[inside]
+            probs[a:b][inside.cpu()] = logprobs[rows, following[a:b][inside]].exp().cpu()
         weights = []
         for layer, head in self.alignment_heads:
             attention = blocks[layer].cross_attn
             q = attention.split_heads(attention.query(queries[layer]))[0, head].float()
             k = features[layer][0][0, head].float()
             weights.append(((q @ k.T) * q.shape[-1] ** -0.5).softmax(dim=-1))
-        return logits, torch.stack(weights).cpu().numpy()
+        return probs.numpy(), torch.stack(weights).cpu().numpy()
