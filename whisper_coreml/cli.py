@@ -117,7 +117,7 @@ def transcribe_command(
             overrides["temperature"] = temperature
         return whisper, whisper.options(**overrides)
 
-    presenter = _Presenter(quiet, len(jobs))
+    presenter = _Presenter(quiet)
     try:
         with presenter:
             result = run_batch(jobs, load, write_options, fcpxml_with_media, overwrite, presenter.event)
@@ -135,9 +135,8 @@ class _Presenter:
     """Progress and results on stderr: rich bars on a terminal, one plain line per file when
     piped, nothing but errors with --quiet; a summary table when there was more than one input."""
 
-    def __init__(self, quiet: bool, total: int) -> None:
+    def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.total = total
         self.live = not quiet and stderr.is_terminal
         self.progress = Progress(
             TextColumn("{task.description}"),
