@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 import srt
-import torch
 from conftest import openai_whisper_model
 
 from whisper_coreml.audio import decode_audio
@@ -27,7 +26,6 @@ from whisper_coreml.catalog import resolve_weights
 from whisper_coreml.result import Segment, TranscriptionResult, Word
 from whisper_coreml.subtitles import Cue, CueRules, Violation, build_cues, check_cues, display_width, raw_cues
 from whisper_coreml.timecode import frame_rate
-from whisper_coreml.weights import Weights
 from whisper_coreml.writers import WRITERS, WriteOptions, cues_for
 
 RULES = CueRules()
@@ -367,16 +365,6 @@ LJ = "long/ljspeech_LJ001_0001-0020_concat.wav"
 _transcripts: dict[tuple[str, str], TranscriptionResult] = {}
 
 
-def with_alignment_heads(model: Any, weights: Weights) -> Any:
-    """openai's model with the weights' own alignment heads (what `whisper.load_model` sets for
-    the official checkpoints), which word timestamps attend through."""
-    mask = torch.zeros(weights.dims.n_text_layer, weights.dims.n_text_head, dtype=torch.bool)
-    for layer, head in weights.alignment_heads or ():
-        mask[layer, head] = True
-    model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
-    return model
-
-
 def to_result(data: dict, duration: float) -> TranscriptionResult:
     """openai-whisper's result dict as our TranscriptionResult (its word times are numpy floats)."""
     segments = tuple(
@@ -408,8 +396,7 @@ def transcript(speech: Callable[[str], Path]) -> Callable[[str], TranscriptionRe
         model = "tiny.en" if name.startswith(("en/", "long/")) else "base"
         if (name, model) not in _transcripts:
             if model not in models:
-                weights = resolve_weights(model)
-                models[model] = with_alignment_heads(openai_whisper_model(weights), weights)
+                models[model] = openai_whisper_model(resolve_weights(model))  # with the weights' own heads
             samples = decode_audio(speech(name))
             data = whisper.transcribe(models[model], samples, fp16=False, word_timestamps=True)
             _transcripts[name, model] = to_result(data, len(samples) / 16000)

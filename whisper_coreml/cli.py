@@ -38,7 +38,9 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 def transcribe_command(
     paths: Annotated[list[Path], typer.Argument(help="Audio or video files, or folders of them.", show_default=False)],
-    format: Annotated[str, typer.Option("--format", "-f", help="srt, vtt, txt, json, a comma list, or all.")] = "srt",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="srt, vtt, fcpxml, itt, txt, json; a list or all.")
+    ] = "srt",
     model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name (tiny.en, base) or path.")] = None,
     language: Annotated[str | None, typer.Option(help="Spoken language (code or name); detected if omitted.")] = None,
     task: Annotated[str, typer.Option(help="transcribe, or translate into English.")] = "transcribe",
