@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import srt
 
-from whisper_coreml.batch import Job, discover, output_locks, plan
-from whisper_coreml.writers import output_path_for
+from whisper_coreml.batch import discover, plan
+from whisper_coreml.locks import try_claim
 
 GOOD_CLIPS = [
     "arctic_a0010.wav",
@@ -71,8 +71,8 @@ def as_video(source: Path, target: Path) -> Path:
 @pytest.fixture
 def card_dump(tmp_path: Path, shared: Path) -> tuple[Path, set[str], dict[str, str]]:
     """20 inputs: 14 good (10 clips, one of them again as mp4 and mov video, one with spaces
-    and accents in its name, one in a subfolder) and 6 broken ones with the problem each must
-    report (as root, the unreadable file is readable: then 15 and 5)."""
+    and accents in its name, one in a subfolder), a video without sound, and 5 broken ones with
+    the problem each must report (as root, the unreadable file is readable: then 15 and 4)."""
     folder = tmp_path / "card"
     (folder / "B-roll").mkdir(parents=True)
     en = shared / "speech" / "en"
@@ -85,6 +85,7 @@ def card_dump(tmp_path: Path, shared: Path) -> tuple[Path, set[str], dict[str, s
     (folder / "Entrevista café 1.wav").write_bytes((en / "ljspeech_LJ001-0002.wav").read_bytes())
     (folder / "B-roll" / "room tone.wav").write_bytes((en / "arctic_axb_a0005.wav").read_bytes())
     good |= {"interview.mp4", "interview.mov", "Entrevista café 1.wav", "B-roll/room tone.wav"}
+    skipped = {"no sound.mov"}  # a video without sound: nothing to transcribe, not a failure
     (folder / "empty.wav").touch()
     (folder / "notes.mp3").write_text("meeting notes, not audio\n" * 50)
     mp3 = shared / "speech" / "long" / "librivox_shakespeare_sonnet001.mp3"
@@ -103,19 +104,23 @@ def card_dump(tmp_path: Path, shared: Path) -> tuple[Path, set[str], dict[str, s
         "empty.wav": "empty file",
         "notes.mp3": "not an audio or video file",
         "cut.mp3": "truncated",
-        "no sound.mov": "no audio track",
         "damaged.flac": "",
         "locked.wav": "permission denied",
     }
     if os.geteuid() == 0:  # root reads it anyway: it is a good input then
         bad.pop("locked.wav")
         good.add("locked.wav")
-    assert len(good) + len(bad) == 20
+    assert len(good) + len(bad) + len(skipped) == 20
     return folder, good, bad
 
 
 def outputs_under(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def visible_outputs(root: Path) -> set[str]:
+    """Outputs without the hidden records and journals kept beside them."""
+    return {name for name in outputs_under(root) if not Path(name).name.startswith(".")}
 
 
 def test_card_dump_batch_then_rerun(card_dump: tuple[Path, set[str], dict[str, str]], tmp_path: Path) -> None:
@@ -124,18 +129,23 @@ def test_card_dump_batch_then_rerun(card_dump: tuple[Path, set[str], dict[str, s
     args = [folder, "--recursive", "--format", "srt,json", "--output-dir", out, "--report", report]
     first = run(*args)
     assert first.returncode == 1, first.stderr
-    expected = {str(Path(name).with_suffix(ext)) for name in good for ext in (".srt", ".json")}
-    assert outputs_under(out) == expected  # exactly the good ones, mirrored, nothing else
+    # interview.mp4 and interview.mov keep their extension: they would both write interview.srt
+    stem = lambda name: name if name.startswith("interview.") else str(Path(name).with_suffix(""))  # noqa: E731
+    expected = {stem(name) + ext for name in good for ext in (".srt", ".json")}
+    assert visible_outputs(out) == expected  # exactly the good ones, mirrored, nothing else
     errors = [line for line in first.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == len(bad)
     for name, problem in bad.items():
         assert any(name in line and problem in line for line in errors), (name, errors)
+    assert "skipped: " in first.stderr and "no sound.mov: no audio track" in first.stderr
     data = json.loads(report.read_text())
-    assert data["counts"] == {"done": len(good), "up to date": 0, "locked": 0, "failed": len(bad)}
+    counts = {"done": len(good), "up to date": 0, "locked": 0, "kept": 0, "skipped": 1, "failed": len(bad)}
+    assert data["counts"] == counts
     assert f"{len(good)} done" in first.stderr and f"{len(bad)} failed" in first.stderr
-    for name in good:
-        cues = list(srt.parse((out / Path(name).with_suffix(".srt")).read_text()))
-        assert cues and all(c.content for c in cues)
+    for name in expected:
+        if name.endswith(".srt"):
+            cues = list(srt.parse((out / name).read_text()))
+            assert cues and all(c.content for c in cues)
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     started = time.perf_counter()
@@ -172,8 +182,8 @@ def test_sigint_mid_batch_keeps_finished_outputs_and_resumes(tmp_path: Path, sha
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "run the same command again" in stderr
-    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".")]
-    assert leftovers == [], leftovers  # no temp files, no locks
+    leftovers = [p.name for p in folder.iterdir() if p.name.endswith((".tmp", ".lock"))]
+    assert leftovers == [], leftovers  # no temp files, no locks (records and journals stay)
     finished = {p.stem for p in folder.glob("*.json")}
     assert 1 <= len(finished) < 8
     for stem in finished:  # whatever exists is complete
@@ -188,30 +198,37 @@ def test_discover_filters_and_mirrors(tmp_path: Path) -> None:
     for name in ("a.wav", "b.MOV", "notes.txt", ".hidden.wav", "sub/c.mp3", "sub/deeper/d.flac", ".cache/e.wav"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).touch()
-    names = lambda found: sorted(p.relative_to(tmp_path).as_posix() for p, _ in found)  # noqa: E731
+    names = lambda found: sorted(p.relative_to(tmp_path).as_posix() for p, _ in found.inputs)  # noqa: E731
     assert names(discover([tmp_path])) == ["a.wav", "b.MOV"]
     assert names(discover([tmp_path], recursive=True)) == ["a.wav", "b.MOV", "sub/c.mp3", "sub/deeper/d.flac"]
     assert names(discover([tmp_path], True, exclude=["sub/deeper/*"])) == ["a.wav", "b.MOV", "sub/c.mp3"]
     assert names(discover([tmp_path], True, include=["*.txt"])) == ["notes.txt"]
     explicit = discover([tmp_path / "notes.txt", tmp_path / "a.wav", tmp_path / "a.wav"])  # as given, once each
-    assert explicit == [(tmp_path / "notes.txt", None), (tmp_path / "a.wav", None)]
-    jobs = plan(discover([tmp_path], recursive=True), ["srt"], tmp_path / "out")
+    assert explicit.inputs == [(tmp_path / "notes.txt", None), (tmp_path / "a.wav", None)]
+    assert discover([tmp_path]).skipped_folders == 1  # sub/ (hidden .cache/ is not counted)
+    jobs = plan(discover([tmp_path], recursive=True).inputs, ["srt"], tmp_path / "out")
     assert [t for job in jobs for _, t in job.targets][-1] == tmp_path / "out" / "sub" / "deeper" / "d.srt"
     assert plan([(tmp_path / "a.wav", None)], ["srt"], None)[0].targets[0][1] == tmp_path / "a.srt"
 
 
-def test_output_locks_between_runs(tmp_path: Path) -> None:
-    source = tmp_path / "clip.wav"
-    source.touch()
-    job = Job(source, (("srt", output_path_for(source, "srt")),))
-    lock = tmp_path / ".clip.srt.lock"
-    with output_locks(job) as taken:
-        assert taken and lock.read_text() == str(os.getpid())
-        with output_locks(job) as again:  # a live run holds it
-            assert not again
+def test_claims_exclude_live_runs_and_free_themselves_when_a_run_dies(tmp_path: Path) -> None:
+    lock = tmp_path / ".clip.wav.whisper-coreml.lock"
+    with try_claim(lock) as claim:
+        assert claim is not None and str(os.getpid()) in lock.read_text()
+        assert try_claim(lock) is None  # held (flock is per open file, so even by this process)
     assert not lock.exists()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock.write_text(dead.stdout.strip())  # left behind by a run that died
-    with output_locks(job) as taken:
-        assert taken
-    assert not lock.exists()
+    hold = f"from pathlib import Path; from whisper_coreml.locks import try_claim; c = try_claim(Path({str(lock)!r}))"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold + "; print(c is not None, flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "True"
+    assert try_claim(lock) is None
+    holder.kill()  # kill -9: the kernel drops its lock; the file it left is taken over
+    holder.wait()
+    assert lock.exists()
+    claim = try_claim(lock)
+    assert claim is not None
+    claim.release()

@@ -16,7 +16,7 @@ from .engines.base import Engine
 from .errors import ModelError
 from .result import TranscriptionResult
 from .tokenizer import Tokenizer, language_code
-from .transcribe import Progress, TranscriptionOptions
+from .transcribe import Progress, TranscriptionOptions, WindowJournal
 from .transcribe import transcribe as run_transcription
 
 _OPTION_NAMES = {f.name for f in fields(TranscriptionOptions)}
@@ -40,24 +40,26 @@ class WhisperModel:
         *,
         options: TranscriptionOptions | None = None,
         progress: Progress | None = None,
+        journal: WindowJournal | None = None,
         **overrides: Any,
     ) -> TranscriptionResult:
         """Transcribe a file (any audio or video format), 16 kHz mono float32 samples, or an
         opened `MelSource` (which the caller closes; batches open the next file ahead).
 
         Keyword overrides are `TranscriptionOptions` fields, e.g. `language="de"`,
-        `task="translate"`, `initial_prompt="..."`, `temperature=0.0`.
+        `task="translate"`, `initial_prompt="..."`, `temperature=0.0`. A `journal` (see
+        journal.py) keeps every finished window, so a transcription stopped midway resumes.
         """
         options = self.options(options, **overrides)
         if isinstance(audio, MelSource):
-            return run_transcription(self.engine, self.tokenizer, audio, options, progress, self.name)
+            return run_transcription(self.engine, self.tokenizer, audio, options, progress, self.name, journal)
         source = (
             MelSource.from_array(audio, self.engine.dims.n_mels)
             if isinstance(audio, np.ndarray)
             else (MelSource.from_file(audio, self.engine.dims.n_mels))
         )
         with source:
-            result = run_transcription(self.engine, self.tokenizer, source, options, progress, self.name)
+            result = run_transcription(self.engine, self.tokenizer, source, options, progress, self.name, journal)
         return replace(result, source="" if isinstance(audio, np.ndarray) else str(audio))
 
     def options(self, options: TranscriptionOptions | None = None, **overrides: Any) -> TranscriptionOptions:

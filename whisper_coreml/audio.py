@@ -21,7 +21,7 @@ import av
 import numpy as np
 import torch
 
-from .errors import AudioError
+from .errors import AudioError, NoAudioTrack
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -81,7 +81,7 @@ def _iter_s16(path: PathLike, sampling_rate: int) -> Iterator[np.ndarray]:
     """Yield the first audio stream of `path` as int16 mono arrays of varying length."""
     with _open_container(path) as container:
         if not container.streams.audio:
-            raise AudioError(path, "no audio track")
+            raise NoAudioTrack(path)
         stream = container.streams.audio[0]
         resampler, source = None, None
         decoded, formats = 0.0, 0  # seconds at the source rate; how many formats the stream had
@@ -115,6 +115,21 @@ def _check_complete(path: PathLike, stream: av.audio.stream.AudioStream, decoded
         raise AudioError(path, f"truncated or damaged: only {decoded:.1f} s of the {declared:.1f} s it declares decode")
 
 
+def probe_duration(path: PathLike) -> float | None:
+    """The duration a file's header declares (seconds), without decoding it; None if unknown.
+
+    For progress bars and planning only: decoding is what finds the real length.
+    """
+    try:
+        with av.open(os.fspath(path), metadata_errors="ignore") as container:
+            if container.streams.audio and container.streams.audio[0].duration is not None:
+                stream = container.streams.audio[0]
+                return float(stream.duration * stream.time_base)
+            return container.duration / av.time_base if container.duration else None
+    except (av.error.FFmpegError, OSError):
+        return None
+
+
 def iter_audio(
     path: PathLike, sampling_rate: int = SAMPLE_RATE, chunk_samples: int = N_SAMPLES
 ) -> Iterator[np.ndarray]:
@@ -142,6 +157,28 @@ def iter_audio(
         yield np.concatenate(pending).astype(np.float32) / 32768.0
     elif total == 0:
         raise AudioError(path, "no audio could be decoded (0 samples)")
+
+
+def as_mono_float32(audio: np.ndarray | torch.Tensor) -> np.ndarray:
+    """16 kHz samples as Whisper wants them: float32 mono in [-1, 1].
+
+    Integer PCM is scaled by its type's range (int16 as a WAV holds it, int32, uint8), and a
+    (channels, samples) or (samples, channels) array is averaged to mono, the channel axis
+    being the short one (at most 8 channels), as the arrays of soundfile, librosa and PyAV are.
+    """
+    samples = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    if samples.ndim not in (1, 2):
+        raise ValueError(f"audio array of shape {samples.shape}: expected (samples,) or (channels, samples)")
+    if samples.dtype.kind in "iu":
+        info = np.iinfo(samples.dtype)
+        middle = (info.max + 1) / 2 if samples.dtype.kind == "u" else 0.0
+        samples = (samples.astype(np.float64) - middle) / (info.max + 1 - middle)
+    if samples.ndim == 2:
+        axis = int(np.argmin(samples.shape))
+        if samples.shape[axis] > 8:
+            raise ValueError(f"audio array of shape {samples.shape}: expected mono samples or at most 8 channels")
+        samples = samples.mean(axis=axis)
+    return np.ascontiguousarray(samples, dtype=np.float32)
 
 
 def decode_audio(path: PathLike, sampling_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -274,8 +311,9 @@ class MelSource:
 
     @classmethod
     def from_array(cls, audio: np.ndarray | torch.Tensor, n_mels: int = 80) -> MelSource:
-        """Features of 16 kHz samples, taken in 30 s slices so no whole-input STFT is built."""
-        samples = torch.as_tensor(audio, dtype=torch.float32).cpu().numpy()
+        """Features of 16 kHz samples (see `as_mono_float32`), taken in 30 s slices so no
+        whole-input STFT is built."""
+        samples = as_mono_float32(audio)
         return cls(lambda: (samples[i : i + N_SAMPLES] for i in range(0, len(samples), N_SAMPLES)), n_mels)
 
     def _chunks(self) -> Generator[np.ndarray, None, None]:

@@ -1,10 +1,13 @@
-"""Batches: many inputs, one model, outputs that are either complete or absent.
+"""Batches: many inputs, one model, and nothing lost or overwritten without a word.
 
-An editor points the tool at a card dump and goes home. So: find the media in folders, skip
-inputs whose outputs are already newer than them (a re-run does no model work at all), keep
-going past a bad file, lock every output so two runs never write the same file, decode the
-next file's audio while the current one transcribes, and stop at once on Ctrl-C or SIGTERM
-with every finished output intact and nothing half-written (writes are atomic).
+An editor points the tool at a card dump and goes home. So: find the media in folders, give
+every input outputs of its own, skip the inputs whose outputs were made from the same input
+with the same settings (records.py; a re-run of a finished folder does no model work at all),
+keep going past a bad input or an unwritable folder, claim each input before decoding it so
+that concurrent runs split a folder instead of repeating it (locks.py), journal every window
+so that a long file interrupted in the middle resumes there (journal.py), decode the next
+file's audio while the current one transcribes, and stop at once on Ctrl-C or SIGTERM with
+every finished output intact and nothing half-written (writes are atomic).
 
 Pure logic lives here and is testable without the CLI; cli.py parses and presents.
 """
@@ -14,58 +17,88 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
-import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .audio import MelSource
-from .errors import WhisperCoreMLError
-from .writers import WriteOptions, cues_for, output_path_for, write_result
+from .audio import MelSource, probe_duration
+from .errors import NoAudioTrack, WhisperCoreMLError
+from .journal import FileJournal
+from .locks import Claim, try_claim
+from .records import Record, State, input_identity, settings_key
+from .writers import WriteOptions, cues_for, get_writer, output_settings, write_result
 from .writers.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from .api import WhisperModel
+    from .result import TranscriptionResult
     from .transcribe import TranscriptionOptions
 
 MEDIA_EXTENSIONS = frozenset(".wav .flac .mp3 .m4a .aac .ogg .opus .mp4 .mov .m4v .mkv .mxf .webm .aif .aiff".split())
+STATUSES = ("done", "up to date", "locked", "kept", "skipped", "failed")
 
 
 @dataclass(frozen=True)
 class Job:
-    """One input and the files it should produce."""
+    """One input, the folder its outputs (and their record, journal and claim) live in, and
+    the files it should produce."""
 
     source: Path
+    directory: Path
     targets: tuple[tuple[str, Path], ...]  # (format, output path)
 
-    def up_to_date(self) -> bool:
-        """Every output exists and is newer than the input (so re-running changes nothing)."""
-        try:
-            modified = self.source.stat().st_mtime
-            return all(path.stat().st_mtime >= modified for _, path in self.targets)
-        except OSError:
-            return False
+    @property
+    def record(self) -> Record:
+        return Record.for_input(self.source, self.directory)
+
+    @property
+    def claim_path(self) -> Path:
+        return self.directory / f".{self.source.name}.whisper-coreml.lock"
+
+    def journal(self, key: str) -> FileJournal:
+        return FileJournal(self.directory / f".{self.source.name}.whisper-coreml.journal", key)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that makes an output what it is (the engine aside: engines agree), hashed
+    into the keys that records and journals are checked against."""
+
+    model: str
+    transcription: TranscriptionOptions
+    write: WriteOptions
+
+    def transcription_key(self) -> str:
+        return settings_key({"model": self.model, "options": asdict(self.transcription)})
+
+    def output_key(self, fmt: str, write: WriteOptions) -> str:
+        return settings_key({"transcription": self.transcription_key(), fmt: output_settings(fmt, write)})
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one input: done, skipped (up to date or locked), or failed."""
+    """What happened to one input."""
 
     source: str
-    status: str  # "done", "up to date", "locked", "failed"
+    status: str  # one of STATUSES
     duration: float | None = None
     seconds: float = 0.0
     outputs: tuple[str, ...] = ()
     error: str = ""
+    notes: tuple[str, ...] = ()  # things the editor should know: "no speech found", warnings
+    resumed_at: float | None = None  # seconds of the file a journal already held
+    windows: int = 0  # 30-s windows this run decoded
+    cues: dict[str, Any] | None = None  # rule exceptions in the subtitle cues
 
 
 @dataclass
 class Report:
-    """The whole run, in the order inputs were taken."""
+    """The whole run, in the order inputs were finished."""
 
     outcomes: list[Outcome] = field(default_factory=list)
     interrupted: bool = False
@@ -75,26 +108,36 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        """0 when nothing failed, 1 when any input failed (130 after an interruption)."""
-        return 130 if self.interrupted else (1 if self.count("failed") else 0)
+        """0 when every asked-for output exists, 1 when an input failed or an output was kept
+        rather than overwritten, 130 after an interruption."""
+        return 130 if self.interrupted else (1 if self.count("failed") or self.count("kept") else 0)
 
     def write(self, path: Path) -> None:
         data = {
             "outcomes": [asdict(o) for o in self.outcomes],
-            "counts": {s: self.count(s) for s in ("done", "up to date", "locked", "failed")},
+            "counts": {s: self.count(s) for s in STATUSES},
             "interrupted": self.interrupted,
         }
         atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+@dataclass(frozen=True)
+class Found:
+    """What `discover` found: inputs with the folder each came from, and what it passed over."""
+
+    inputs: list[tuple[Path, Path | None]]
+    skipped_folders: int = 0  # subfolders not searched for want of --recursive
+
+
 def discover(
     paths: Sequence[Path], recursive: bool = False, include: Sequence[str] = (), exclude: Sequence[str] = ()
-) -> list[tuple[Path, Path | None]]:
+) -> Found:
     """(input, folder it was found under) for every path: files as given, folders searched for
     media (`recursive` descends; `include`/`exclude` are globs on the file name or the path
     relative to the folder). Hidden files and our own temp files are never inputs."""
     found: list[tuple[Path, Path | None]] = []
     seen: set[Path] = set()
+    skipped = 0
 
     def matches(path: Path, root: Path, patterns: Sequence[str]) -> bool:
         relative = path.relative_to(root).as_posix()
@@ -109,75 +152,51 @@ def discover(
             pattern = path.rglob("*") if recursive else path.glob("*")
             for candidate in sorted(pattern):
                 hidden = any(part.startswith(".") for part in candidate.relative_to(path).parts)
-                if candidate.is_file() and not hidden and wanted(candidate, path) and candidate not in seen:
+                if hidden:
+                    continue
+                if candidate.is_dir() and not recursive:
+                    skipped += 1
+                elif candidate.is_file() and wanted(candidate, path) and candidate not in seen:
                     seen.add(candidate)
                     found.append((candidate, path))
         elif path not in seen:  # a file (or a missing path: reported when it is decoded)
             seen.add(path)
             found.append((path, None))
-    return found
+    return Found(found, skipped)
 
 
 def plan(inputs: Sequence[tuple[Path, Path | None]], formats: Sequence[str], output_dir: Path | None) -> list[Job]:
     """Where each input's outputs go: next to it, or under `output_dir` mirroring the folder
-    tree it was found in."""
-    jobs = []
+    tree it was found in; `clip.srt` for `clip.mov`.
+
+    Two inputs that would write the same file (`take1.mov` and `take1.wav` in one folder) both
+    keep their extension instead, `take1.mov.srt` and `take1.wav.srt`, so neither overwrites
+    the other; names are compared as a case-insensitive file system (macOS, exFAT cards) would.
+    Inputs whose full names still meet (two folders mirrored into one --output-dir) are a
+    ValueError naming both, before any work.
+    """
+    placed = []
     for source, root in inputs:
-        directory = output_dir
+        directory = source.parent if output_dir is None else output_dir
         if output_dir is not None and root is not None:
             directory = output_dir / source.parent.relative_to(root)
-        jobs.append(Job(source, tuple((fmt, output_path_for(source, fmt, directory)) for fmt in formats)))
+        placed.append((source, directory))
+    stems: dict[tuple[Path, str], int] = {}
+    for source, directory in placed:
+        key = (directory, source.stem.casefold())
+        stems[key] = stems.get(key, 0) + 1
+    jobs, owners = [], {}
+    for source, directory in placed:
+        name = source.stem if stems[(directory, source.stem.casefold())] == 1 else source.name
+        owner = owners.setdefault((directory, source.name), source)
+        if owner != source:
+            raise ValueError(
+                f"{owner} and {source} would write the same outputs in {directory}; "
+                "give each folder its own --output-dir"
+            )
+        targets = tuple((fmt, directory / (name + get_writer(fmt).extension)) for fmt in formats)
+        jobs.append(Job(source, directory, targets))
     return jobs
-
-
-@contextlib.contextmanager
-def output_locks(job: Job) -> Iterator[bool]:
-    """Hold a lock file beside every output of `job` (yields False if another live run holds
-    one). A lock left by a process that no longer exists is taken over."""
-    taken: list[Path] = []
-    try:
-        for _, target in job.targets:
-            lock = target.with_name(f".{target.name}.lock")
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            if not _acquire(lock):
-                yield False
-                return
-            taken.append(lock)
-        yield True
-    finally:
-        for lock in taken:
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
-
-
-def _acquire(lock: Path) -> bool:
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _alive(pid):
-                return False
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()  # stale: its run died without cleaning up
-            continue
-        with os.fdopen(fd, "w") as file:
-            file.write(str(os.getpid()))
-        return True
-    return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
@@ -195,99 +214,252 @@ def interrupt_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def describe_os_error(error: OSError, fallback: Path) -> str:
+    """`path: problem` for a failed file operation, in words an editor can act on."""
+    path = error.filename or fallback
+    problem = (error.strerror or str(error)).rstrip(".")
+    if problem:
+        problem = problem[0].lower() + problem[1:]
+    return f"{path}: {problem}"
+
+
 Event = Callable[[str, dict[str, Any]], None]
+OptionsFor = Callable[[Job, WriteOptions], tuple[WriteOptions, str | None]]
+
+
+@dataclass
+class _Work:
+    """A claimed job: what to write, and the transcript when a journal already holds it."""
+
+    job: Job
+    claim: Claim
+    write: WriteOptions
+    todo: tuple[tuple[str, Path], ...]
+    identity: dict[str, int]
+    notes: tuple[str, ...]
+    transcript: TranscriptionResult | None
+    audio: Future[MelSource] | None = None
+
+
+class _Batch:
+    """One run over `jobs`; see `run_batch`."""
+
+    def __init__(
+        self,
+        load: Callable[[], WhisperModel],
+        settings: Settings,
+        overwrite: bool,
+        emit: Event,
+        options_for: OptionsFor | None,
+    ) -> None:
+        self.load = load
+        self.settings = settings
+        self.overwrite = overwrite
+        self.emit = emit
+        self.options_for = options_for or (lambda job, write: (write, None))
+        self.model: WhisperModel | None = None
+        self.report = Report()
+        self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="whisper-prefetch")
+
+    def finish(self, outcome: Outcome) -> None:
+        self.report.outcomes.append(outcome)
+        self.emit("outcome", {"outcome": outcome})
+
+    def assess(self, job: Job) -> tuple[WriteOptions, tuple[tuple[str, Path], ...], str | None, Outcome | None]:
+        """(write options, targets to write, a warning, or the outcome when there is nothing
+        to do): reads only records and file metadata, so it is cheap and safe without a claim."""
+        source = str(job.source)
+        write, warning = self.options_for(job, self.settings.write)
+        try:
+            identity = input_identity(job.source)
+        except OSError:
+            identity = {}  # a missing or unreadable input: decoding it reports the problem
+        if any(path.resolve() == job.source.resolve() for _, path in job.targets):
+            return write, (), warning, Outcome(source, "failed", error=f"{source}: output would overwrite the input")
+        todo, kept = [], []
+        for fmt, target in job.targets:
+            key = self.settings.output_key(fmt, write)
+            state = job.record.state(target, key, identity) if identity else State.MISSING
+            if state is State.FOLDER:
+                error = f"{target}: a folder stands where the {fmt} output should be written"
+                return write, (), warning, Outcome(source, "failed", error=error)
+            if state is State.CURRENT and not self.overwrite:
+                continue
+            if state in (State.EDITED, State.FOREIGN) and not self.overwrite:
+                why = (
+                    "was edited since it was written" if state is State.EDITED else "was not written by whisper-coreml"
+                )
+                kept.append(f"{target} {why}")
+                continue
+            todo.append((fmt, target))
+        outputs = tuple(str(p) for _, p in job.targets)
+        if kept:
+            error = "; ".join(kept) + "; kept it (--overwrite replaces it)"
+            return write, (), warning, Outcome(source, "kept", error=error, outputs=outputs)
+        if not todo:
+            return write, (), warning, Outcome(source, "up to date", outputs=outputs)
+        return write, tuple(todo), warning, None
+
+    def claim(self, job: Job) -> _Work | Outcome | None:
+        """Claim `job` and look again under the claim (another run may have just finished it);
+        None when another live run holds it."""
+        try:
+            claim = try_claim(job.claim_path)
+        except OSError as e:
+            return Outcome(str(job.source), "failed", error=describe_os_error(e, job.directory))
+        if claim is None:
+            return None
+        write, todo, warning, outcome = self.assess(job)
+        if outcome is not None:
+            claim.release()
+            return outcome
+        try:
+            identity = input_identity(job.source)
+        except OSError:
+            identity = {}
+        transcript = None
+        if identity:
+            journal = job.journal(self.journal_key(identity))
+            transcript = journal.completed(self.settings.model, self.settings.transcription.task)
+        return _Work(job, claim, write, todo, identity, (warning,) if warning else (), transcript)
+
+    def journal_key(self, identity: dict[str, int]) -> str:
+        return settings_key({"transcription": self.settings.transcription_key(), "input": identity})
+
+    def open_audio(self, work: _Work) -> None:
+        """Start decoding `work`'s audio in the background (the model must be loaded)."""
+        if work.transcript is None and work.audio is None and self.model is not None:
+            work.audio = self.prefetch.submit(MelSource.from_file, work.job.source, self.model.engine.dims.n_mels)
+
+    def run(self, jobs: Sequence[Job]) -> Report:
+        queue: deque[Job] = deque()
+        for job in jobs:
+            *_, outcome = self.assess(job)
+            if outcome is not None:
+                self.finish(outcome)
+            else:
+                queue.append(job)
+        if not queue:
+            return self.report
+        self.emit("plan", {"total": len(queue), "seconds": sum(probe_duration(j.source) or 0.0 for j in queue)})
+        deferred: list[Job] = []
+        current: _Work | None = None
+        upcoming: _Work | None = None
+        try:
+            with interrupt_on_sigterm():
+                current = self.next_work(queue, deferred)
+                while current is not None:
+                    if current.transcript is None and self.model is None:
+                        self.emit("loading", {})
+                        self.model = self.load()
+                    self.open_audio(current)
+                    upcoming = self.next_work(queue, deferred)
+                    if upcoming is not None:
+                        self.open_audio(upcoming)  # decoded while this one is transcribed
+                    self.finish(self.do(current))
+                    current, upcoming = upcoming, None
+                    if current is None and deferred:  # what other runs held may be free or done now
+                        queue.extend(deferred)
+                        deferred = []
+                        current = self.next_work(queue, deferred, final=True)
+        except KeyboardInterrupt:
+            self.report.interrupted = True
+        finally:
+            for work in (current, upcoming):
+                if work is not None:
+                    self.drop(work)
+            self.prefetch.shutdown(wait=True, cancel_futures=True)
+        return self.report
+
+    def next_work(self, queue: deque[Job], deferred: list[Job], final: bool = False) -> _Work | None:
+        """The next job this run can claim; jobs another run holds wait in `deferred` (or, on
+        the `final` pass, are reported as being done elsewhere)."""
+        while queue:
+            job = queue.popleft()
+            claimed = self.claim(job)
+            if isinstance(claimed, _Work):
+                return claimed
+            if isinstance(claimed, Outcome):
+                self.finish(claimed)
+            elif final:
+                self.finish(Outcome(str(job.source), "locked", error=f"{job.source}: another run is transcribing it"))
+            else:
+                deferred.append(job)
+        return None
+
+    def drop(self, work: _Work) -> None:
+        if work.audio is not None and not work.audio.cancel():
+            with contextlib.suppress(Exception):
+                work.audio.result().close()
+        work.claim.release()
+
+    def do(self, work: _Work) -> Outcome:
+        """Transcribe (or take the journal's transcript) and write; always releases the claim."""
+        job, started = work.job, time.perf_counter()
+        source = str(job.source)
+        journal = job.journal(self.journal_key(work.identity)) if work.identity else None
+        try:
+            self.emit("start", {"source": job.source})
+            result = work.transcript
+            if result is None:
+                assert self.model is not None and work.audio is not None
+                with work.audio.result() as audio:
+                    result = self.model.transcribe(
+                        audio,
+                        options=self.settings.transcription,
+                        progress=lambda done, total: self.emit("progress", {"done": done, "total": total}),
+                        journal=journal,
+                    )
+                if journal is not None:
+                    journal.finish(result)
+            result = replace(result, source=source)
+            cues = cues_for(result, work.write)
+            written = {}
+            for fmt, target in work.todo:
+                write_result(result, fmt, target, work.write, cues)
+                written[target] = self.settings.output_key(fmt, work.write)
+            if work.identity:
+                job.record.update(work.identity, written)
+        except NoAudioTrack as e:
+            return Outcome(source, "skipped", error=str(e), seconds=time.perf_counter() - started)
+        except WhisperCoreMLError as e:
+            return Outcome(source, "failed", seconds=time.perf_counter() - started, error=str(e))
+        except OSError as e:
+            error = describe_os_error(e, job.directory)
+            return Outcome(source, "failed", seconds=time.perf_counter() - started, error=error)
+        finally:
+            if journal is not None:
+                journal.close()
+            work.claim.release()
+        notes = work.notes + (() if result.text.strip() else ("no speech found",))
+        if work.transcript is not None:
+            notes += ("written from the transcript saved by an earlier run (no model work)",)
+        return Outcome(
+            source,
+            "done",
+            duration=result.duration,
+            seconds=time.perf_counter() - started,
+            outputs=tuple(str(p) for _, p in job.targets),
+            notes=notes,
+            resumed_at=journal.resumed_at if journal is not None else None,
+            windows=journal.windows if journal is not None else 0,
+        )
 
 
 def run_batch(
     jobs: Sequence[Job],
-    load: Callable[[], tuple[WhisperModel, TranscriptionOptions]],
-    write_options: WriteOptions,
-    media_for_fcpxml: bool = False,
+    load: Callable[[], WhisperModel],
+    settings: Settings,
     overwrite: bool = False,
     on_event: Event | None = None,
+    options_for: OptionsFor | None = None,
 ) -> Report:
-    """Transcribe every job that needs it, loading the model (`load`) only if one does.
+    """Write every job's outputs that are not up to date, loading the model (`load`) only if a
+    transcription is needed.
 
-    `on_event(kind, info)` reports progress: "start" (index, total, source), "progress" (done,
-    total seconds of the current file), "outcome" (the Outcome). The next file's first audio
-    pass runs in a background thread while the current file is transcribed.
+    `on_event(kind, info)` reports progress: "plan" (total inputs and seconds of audio to do),
+    "loading" (the model), "start" (source), "progress" (done, total seconds of the current
+    file), "outcome" (the Outcome). `options_for(job, write)` may adapt the write options to an
+    input (the frame rate of a video) and return a warning for the editor.
     """
-    emit = on_event or (lambda kind, info: None)
-    report = Report()
-    pending = []
-    for job in jobs:
-        if not overwrite and job.up_to_date():
-            outcome = Outcome(str(job.source), "up to date", outputs=tuple(str(p) for _, p in job.targets))
-            report.outcomes.append(outcome)
-            emit("outcome", {"outcome": outcome})
-        else:
-            pending.append(job)
-    if not pending:
-        return report
-    model, options = load()
-    prefetch = ThreadPoolExecutor(1, thread_name_prefix="whisper-prefetch")
-    opened: dict[int, Future[MelSource]] = {}
-
-    def open_ahead(index: int) -> None:
-        if index < len(pending):
-            opened[index] = prefetch.submit(MelSource.from_file, pending[index].source, model.engine.dims.n_mels)
-
-    try:
-        with interrupt_on_sigterm():
-            open_ahead(0)
-            for index, job in enumerate(pending):
-                current = opened.pop(index)
-                open_ahead(index + 1)  # decoded while this one is transcribed
-                emit("start", {"index": index, "total": len(pending), "source": job.source})
-                outcome = _run_one(job, current, model, options, write_options, media_for_fcpxml, emit)
-                report.outcomes.append(outcome)
-                emit("outcome", {"outcome": outcome})
-    except KeyboardInterrupt:
-        report.interrupted = True
-    finally:
-        for future in opened.values():
-            if not future.cancel():
-                with contextlib.suppress(Exception):
-                    future.result().close()
-        prefetch.shutdown(wait=True, cancel_futures=True)
-    return report
-
-
-def _run_one(
-    job: Job,
-    source_future: Future[MelSource],
-    model: WhisperModel,
-    options: TranscriptionOptions,
-    write_options: WriteOptions,
-    media_for_fcpxml: bool,
-    emit: Event,
-) -> Outcome:
-    started = time.perf_counter()
-    if any(path.resolve() == job.source.resolve() for _, path in job.targets):
-        return Outcome(
-            str(job.source), "failed", error=f"{job.source}: output would overwrite the input; use --output-dir"
-        )
-    with output_locks(job) as locked:
-        if not locked:
-            return Outcome(str(job.source), "locked", error=f"{job.source}: another run is writing its outputs")
-        try:
-            with source_future.result() as source:
-                result = model.transcribe(
-                    source,
-                    options=options,
-                    progress=lambda done, total: emit("progress", {"done": done, "total": total}),
-                )
-            result = replace(result, source=str(job.source))
-            opts = replace(write_options, media=job.source) if media_for_fcpxml else write_options
-            cues = cues_for(result, opts)
-            for fmt, target in job.targets:
-                write_result(result, fmt, target, opts, cues)
-        except (WhisperCoreMLError, OSError) as e:
-            return Outcome(str(job.source), "failed", seconds=time.perf_counter() - started, error=str(e))
-    return Outcome(
-        str(job.source),
-        "done",
-        duration=result.duration,
-        seconds=time.perf_counter() - started,
-        outputs=tuple(str(p) for _, p in job.targets),
-    )
+    return _Batch(load, settings, overwrite, on_event or (lambda kind, info: None), options_for).run(jobs)

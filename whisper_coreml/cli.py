@@ -8,6 +8,7 @@ errors. Progress shows only on a terminal and never with --quiet.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,11 +20,12 @@ from rich.table import Table
 from .errors import WhisperCoreMLError
 
 if TYPE_CHECKING:
-    from .batch import Report
+    from .batch import Outcome, Report
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    context_settings={"help_option_names": []},
     help="Speech to subtitles with OpenAI's Whisper on Core ML and PyTorch.",
     pretty_exceptions_enable=False,
 )
@@ -36,61 +38,158 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"whisper-coreml {__version__}")
+        raise typer.Exit()
+
+
+VersionOption = Annotated[
+    bool,
+    typer.Option("--version", help="Show the version and exit.", callback=_version, is_eager=True, metavar=""),
+]
+
+
+def _help(ctx: typer.Context, value: bool) -> None:
+    if value:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+# Our own --help: typer's would show a "<bool>" type beside it, as beside every flag without a metavar.
+HelpOption = Annotated[
+    bool,
+    typer.Option("--help", "-h", help="Show this message and exit.", callback=_help, is_eager=True, metavar=""),
+]
+
+
 def transcribe_command(
-    paths: Annotated[list[Path], typer.Argument(help="Audio or video files, or folders of them.", show_default=False)],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Audio or video files, or folders of them.", show_default=False, metavar="PATH"),
+    ],
     format: Annotated[
-        str, typer.Option("--format", "-f", help="srt, vtt, fcpxml, itt, txt, json; a list or all.")
-    ] = "srt",
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name (tiny.en, base) or path.")] = None,
-    language: Annotated[str | None, typer.Option(help="Spoken language (code or name); detected if omitted.")] = None,
-    task: Annotated[str, typer.Option(help="transcribe, or translate into English.")] = "transcribe",
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write outputs.")] = None,
-    initial_prompt: Annotated[str | None, typer.Option(help="Text that primes spelling and style.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Fixed temperature; default falls back 0 -> 1.")] = None,
-    engine: Annotated[str, typer.Option(help="auto, torch, coreml (macOS) or mil (converted model, any OS).")] = "auto",
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, mps or auto (torch engine).")] = None,
+        list[str],
+        typer.Option(
+            "--format", "-f", help="srt, vtt, fcpxml, itt, txt, json; a list, all, or repeated.", metavar="FORMAT"
+        ),
+    ] = ["srt"],  # noqa: B006 - typer reads the default; it is never mutated
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Catalog name (tiny.en, base, ...) or path.", metavar="NAME")
+    ] = None,
+    language: Annotated[
+        str | None, typer.Option(help="Spoken language (code or name); detected if omitted.", metavar="LANG")
+    ] = None,
+    task: Annotated[str, typer.Option(help="transcribe, or translate into English.", metavar="TASK")] = "transcribe",
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", "-o", help="Where to write outputs.", metavar="DIR")
+    ] = None,
+    initial_prompt: Annotated[
+        str | None, typer.Option(help="Text that primes spelling and style.", metavar="TEXT")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Fixed temperature; default falls back 0 -> 1.", metavar="T")
+    ] = None,
+    engine: Annotated[
+        str, typer.Option(help="auto, torch, coreml (macOS) or mil (converted model, any OS).", metavar="ENGINE")
+    ] = "auto",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, mps or auto (torch engine).", metavar="DEVICE")] = None,
     word_timestamps: Annotated[
         bool | None,
         typer.Option(
             "--word-timestamps/--no-word-timestamps",
             help="Time every word (default: on when subtitle cues are built under the rules).",
             show_default=False,
+            metavar="",
         ),
     ] = None,
-    cues: Annotated[str, typer.Option(help="rules (subtitle style rules) or raw (Whisper's segments).")] = "rules",
-    max_line_width: Annotated[int, typer.Option(help="Characters per line (CJK count double).")] = 42,
-    max_lines: Annotated[int, typer.Option(help="Lines per cue.")] = 2,
-    max_cps: Annotated[float, typer.Option(help="Reading speed limit, characters per second.")] = 20.0,
-    min_duration: Annotated[float, typer.Option(help="Shortest cue, seconds.")] = 5 / 6,
-    max_duration: Annotated[float, typer.Option(help="Longest cue, seconds.")] = 7.0,
-    fps: Annotated[str, typer.Option(help="Frame rate: 23.976, 24, 25, 29.97, 30, 50, 59.94 or 60.")] = "25",
-    fcpxml_version: Annotated[str, typer.Option(help="FCPXML version, 1.8 (widest import) to 1.13.")] = "1.8",
-    fcpxml_style: Annotated[str, typer.Option(help="captions, or titles for Final Cut Pro before 10.4.1.")] = (
-        "captions"
-    ),
+    cues: Annotated[
+        str, typer.Option(help="rules (subtitle style rules) or raw (Whisper's segments).", metavar="MODE")
+    ] = "rules",
+    max_line_width: Annotated[int, typer.Option(help="Characters per line (CJK count double).", metavar="N")] = 42,
+    max_lines: Annotated[int, typer.Option(help="Lines per cue.", metavar="N")] = 2,
+    max_cps: Annotated[float, typer.Option(help="Reading speed limit, characters per second.", metavar="CPS")] = 20.0,
+    min_duration: Annotated[
+        float, typer.Option(help="Shortest cue, seconds.", metavar="SECONDS", show_default="0.833 (5/6)")
+    ] = 5 / 6,
+    max_duration: Annotated[float, typer.Option(help="Longest cue, seconds.", metavar="SECONDS")] = 7.0,
+    fps: Annotated[
+        str | None,
+        typer.Option(
+            help="Frame rate: 23.976, 24, 25, 29.97, 30, 50, 59.94 or 60 (a video's own rate if omitted).",
+            metavar="FPS",
+            show_default="the video's, else 25",
+        ),
+    ] = None,
+    fcpxml_version: Annotated[
+        str, typer.Option(help="FCPXML version, 1.8 (widest import) to 1.13.", metavar="VERSION")
+    ] = "1.8",
+    fcpxml_style: Annotated[
+        str, typer.Option(help="captions, or titles for Final Cut Pro before 10.4.1.", metavar="STYLE")
+    ] = "captions",
     fcpxml_with_media: Annotated[
-        bool, typer.Option(help="Reference the input as the project's clip, so it opens with the footage.")
+        bool,
+        typer.Option(
+            "--fcpxml-with-media",
+            help="Reference the input as the project's clip, so it opens with the footage.",
+            metavar="",
+        ),
     ] = False,
-    highlight_words: Annotated[bool, typer.Option(help="WebVTT: underline each word as it is spoken.")] = False,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search folders' subfolders too.")] = False,
-    include: Annotated[list[str] | None, typer.Option(help="Only files matching this glob (repeatable).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Skip files matching this glob (repeatable).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Redo inputs whose outputs are already up to date.")] = False,
-    report: Annotated[Path | None, typer.Option(help="Write the run's summary as JSON here.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only errors.")] = False,
+    highlight_words: Annotated[
+        bool, typer.Option("--highlight-words", help="WebVTT: underline each word as it is spoken.", metavar="")
+    ] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Search folders' subfolders too.", metavar="")
+    ] = False,
+    include: Annotated[
+        list[str] | None, typer.Option(help="Only files matching this glob (repeatable).", metavar="GLOB")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Skip files matching this glob (repeatable).", metavar="GLOB")
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Redo up-to-date outputs and replace edited or foreign files.", metavar=""),
+    ] = False,
+    report: Annotated[Path | None, typer.Option(help="Write the run's summary as JSON here.", metavar="FILE")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only errors.", metavar="")] = False,
+    version: VersionOption = False,
+    help: HelpOption = False,
 ) -> None:
     """Transcribe PATHS (files, or folders of media) into subtitle files next to each input or
-    under --output-dir. Inputs whose outputs are newer are skipped; a bad file never stops the rest."""
+    under --output-dir. Outputs already made from the same input with the same settings are
+    skipped; a bad file never stops the rest."""
     from .api import WhisperModel, load_model
-    from .batch import discover, plan, run_batch
+    from .batch import Settings, discover, plan, run_batch
+    from .catalog import default_model
+    from .engines import ENGINES
     from .subtitles import CueRules
     from .timecode import frame_rate
+    from .tokenizer import language_code
     from .transcribe import TranscriptionOptions
     from .writers import SUBTITLE_FORMATS, WriteOptions, parse_formats
 
     try:
-        formats = parse_formats(format)
-        rules = CueRules(max_line_width, max_lines, max_cps, min_duration, max_duration, fps=frame_rate(fps))
+        _check_choice("--engine", engine, ENGINES)
+        if device is not None:
+            _check_choice("--device", device, ("auto", "cpu", "cuda", "mps"))
+        _check_choice("--task", task, ("transcribe", "translate"))
+        for option, value, least in (
+            ("--max-line-width", max_line_width, 1),
+            ("--max-lines", max_lines, 1),
+        ):
+            if value < least:
+                raise ValueError(f"{option} {value}: must be at least {least}")
+        positive = (("--max-cps", max_cps), ("--min-duration", min_duration), ("--max-duration", max_duration))
+        for option, number in positive:
+            if not number > 0:
+                raise ValueError(f"{option} {number}: must be more than 0")
+        if min_duration > max_duration:
+            raise ValueError(f"--min-duration {min_duration} is longer than --max-duration {max_duration}")
+        formats = parse_formats(",".join(format))
+        rules = CueRules(max_line_width, max_lines, max_cps, min_duration, max_duration, fps=frame_rate(fps or "25"))
         write_options = WriteOptions(
             cues=cues,
             rules=rules,
@@ -98,44 +197,79 @@ def transcribe_command(
             fcpxml_style=fcpxml_style,
             highlight_words=highlight_words,
         )
+        code = language_code(language) if language is not None else None
+        found = discover(paths, recursive, include or (), exclude or ())
+        jobs = plan(found.inputs, formats, output_dir)
     except ValueError as e:
         raise fail(str(e), 2) from None
-    if word_timestamps is None:  # cues under the rules are cut at word times when there are any
-        word_timestamps = cues == "rules" and any(f in SUBTITLE_FORMATS for f in formats)
-    jobs = plan(discover(paths, recursive, include or (), exclude or ()), formats, output_dir)
     if not jobs:
         raise fail("no audio or video files found in " + ", ".join(map(str, paths)), 2)
+    if output_dir is not None:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise fail(f"--output-dir {output_dir}: {_problem(e)}", 2) from None
+    if word_timestamps is None:  # cues under the rules are cut at word times when there are any
+        word_timestamps = cues == "rules" and any(f in SUBTITLE_FORMATS for f in formats)
+    overrides: dict = {
+        "language": code,
+        "task": task,
+        "initial_prompt": initial_prompt,
+        "word_timestamps": word_timestamps,
+        "words_at_pauses": word_timestamps and cues == "rules",
+    }
+    if temperature is not None:
+        overrides["temperature"] = (temperature,)
+    name = model or default_model()
+    if Path(name).expanduser().exists():
+        name = str(Path(name).expanduser().resolve())
+    settings = Settings(name, TranscriptionOptions(**overrides), write_options)
 
-    def load() -> tuple[WhisperModel, TranscriptionOptions]:
+    def load() -> WhisperModel:
         whisper = load_model(model, engine=engine, device=device)
-        overrides: dict = {
-            "language": language,
-            "task": task,
-            "initial_prompt": initial_prompt,
-            "word_timestamps": word_timestamps,
-            "words_at_pauses": word_timestamps and cues == "rules",
-        }
-        if temperature is not None:
-            overrides["temperature"] = temperature
-        return whisper, whisper.options(**overrides)
+        whisper.options(settings.transcription)  # refuses, e.g., German for an English-only model
+        return whisper
+
+    def options_for(job, write: WriteOptions) -> tuple[WriteOptions, str | None]:
+        return (replace(write, media=job.source) if fcpxml_with_media else write), None
 
     presenter = _Presenter(quiet)
+    if found.skipped_folders and not quiet:
+        stderr.print(
+            f"note: {found.skipped_folders} subfolder(s) not searched (add --recursive to include them)",
+            markup=False,
+        )
     try:
         with presenter:
-            result = run_batch(jobs, load, write_options, fcpxml_with_media, overwrite, presenter.event)
+            result = run_batch(jobs, load, settings, overwrite, presenter.event, options_for)
     except ValueError as e:
         raise fail(str(e), 2) from None
     except WhisperCoreMLError as e:
         raise fail(str(e)) from None
     if report is not None:
-        result.write(report)
+        try:
+            result.write(report)
+        except OSError as e:
+            stderr.print(f"error: --report {report}: {_problem(e)}", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
     presenter.summary(result)
     raise typer.Exit(result.exit_code)
 
 
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{option} {value}: choose one of {', '.join(choices)}")
+
+
+def _problem(error: OSError) -> str:
+    text = (error.strerror or str(error)).rstrip(".")
+    return text[:1].lower() + text[1:]
+
+
 class _Presenter:
-    """Progress and results on stderr: rich bars on a terminal, one plain line per file when
-    piped, nothing but errors with --quiet; a summary table when there was more than one input."""
+    """Progress and results on stderr: rich bars on a terminal (all files measured in audio
+    time), one plain line per file when piped, nothing but errors with --quiet; a summary table
+    when there was more than one input."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -150,7 +284,9 @@ class _Presenter:
         )
         self.overall: TaskID | None = None
         self.current: TaskID | None = None
-        self.audio_done = 0.0
+        self.total_files = 0
+        self.files_done = 0
+        self.audio_done = 0.0  # seconds of finished files
 
     def __enter__(self) -> _Presenter:
         if self.live:
@@ -161,37 +297,58 @@ class _Presenter:
         if self.live:
             self.progress.stop()
 
+    def _overall(self, description: str, current_seconds: float = 0.0) -> None:
+        if self.overall is None:
+            return
+        done = self.audio_done + current_seconds
+        detail = f"{self.files_done}/{self.total_files} files, {done / 60:.1f} min of audio"
+        self.progress.update(self.overall, description=description, completed=done, detail=detail)
+
     def event(self, kind: str, info: dict) -> None:
-        if kind == "start" and self.live:
-            if self.overall is None:
-                self.overall = self.progress.add_task("all files", total=info["total"], detail="")
+        if kind == "plan":
+            self.total_files = info["total"]
+            if self.live:
+                self.overall = self.progress.add_task("all files", total=max(info["seconds"], 1e-9), detail="")
+                self._overall("all files")
+        elif kind == "loading" and self.live:
+            self._overall("loading model")
+        elif kind == "start" and self.live:
+            self._overall("all files")
             if self.current is not None:
                 self.progress.remove_task(self.current)
             self.current = self.progress.add_task(Path(info["source"]).name, total=None, detail="")
-            minutes = self.audio_done / 60
-            detail = f"{info['index']}/{info['total']} files, {minutes:.1f} min of audio"
-            self.progress.update(self.overall, completed=info["index"], detail=detail)
         elif kind == "progress" and self.live and self.current is not None:
             detail = f"{info['done']:.0f}/{info['total']:.0f} s"
             self.progress.update(self.current, completed=info["done"], total=info["total"], detail=detail)
+            self._overall("all files", info["done"])
         elif kind == "outcome":
-            outcome = info["outcome"]
+            self._outcome(info["outcome"])
+
+    def _outcome(self, outcome: Outcome) -> None:
+        if outcome.status in ("done", "failed", "skipped"):
+            self.files_done += 1
             self.audio_done += outcome.duration or 0.0
-            if outcome.status == "failed":
-                stderr.print(f"error: {outcome.error}", markup=False, soft_wrap=True)
-            elif outcome.status == "locked":
-                stderr.print(f"skipped: {outcome.error}", markup=False, soft_wrap=True)
-            elif outcome.status == "done" and not self.quiet:
-                written = ", ".join(outcome.outputs)
-                line = f"{outcome.source}: {outcome.duration:.1f} s of audio in {outcome.seconds:.1f} s -> {written}"
-                stderr.print(line, markup=False, soft_wrap=True)
+            self._overall("all files")
+        say = lambda text: stderr.print(text, markup=False, soft_wrap=True)  # noqa: E731
+        if outcome.status == "failed":
+            say(f"error: {outcome.error}")
+        elif outcome.status == "kept":
+            say(f"kept: {outcome.error}")
+        elif outcome.status in ("locked", "skipped") and not self.quiet:
+            say(f"skipped: {outcome.error}")
+        elif outcome.status == "done" and not self.quiet:
+            written = ", ".join(outcome.outputs)
+            resumed = f" (resumed at {outcome.resumed_at:.1f} s)" if outcome.resumed_at else ""
+            say(f"{outcome.source}: {outcome.duration:.1f} s of audio in {outcome.seconds:.1f} s{resumed} -> {written}")
+            for note in outcome.notes:
+                say(f"  {note}")
 
     def summary(self, report: Report) -> None:
         if report.interrupted:
             done = report.count("done")
             stderr.print(
                 f"interrupted: {done} file(s) finished and kept, no partial outputs left; "
-                "run the same command again to do the rest",
+                "run the same command again to do the rest (a long file resumes where it stopped)",
                 markup=False,
                 soft_wrap=True,
             )
@@ -202,6 +359,8 @@ class _Presenter:
             stderr.print(f"all {fresh} input(s) up to date: nothing to do (--overwrite redoes them)", markup=False)
             return
         if len(report.outcomes) > 1:
+            from .batch import STATUSES
+
             table = Table(box=None, title="summary", title_justify="left")
             for column in ("file", "duration", "status", "time"):
                 table.add_column(column)
@@ -209,15 +368,20 @@ class _Presenter:
                 duration = f"{o.duration:.1f} s" if o.duration is not None else "-"
                 table.add_row(o.source, duration, o.status, f"{o.seconds:.1f} s" if o.seconds else "-")
             stderr.print(table)
-            counts = ", ".join(f"{report.count(s)} {s}" for s in ("done", "up to date", "locked", "failed"))
+            counts = ", ".join(f"{report.count(s)} {s}" for s in STATUSES if report.count(s) or s in ("done", "failed"))
             stderr.print(counts, markup=False)
 
 
 app.command("transcribe")(transcribe_command)
 
 
+@app.callback()
+def _group(version: VersionOption = False, help: HelpOption = False) -> None:
+    """Speech to subtitles with OpenAI's Whisper on Core ML and PyTorch."""
+
+
 @app.command("models")
-def models_command() -> None:
+def models_command(help: HelpOption = False) -> None:
     """List known models, and which work offline here."""
     from .catalog import catalog, default_model, installed_package
 
@@ -249,7 +413,8 @@ def convert_command(
     ] = "macOS15",
     quantize: Annotated[str, typer.Option(help="none, int8, palettize-6 or palettize-4.")] = "none",
     max_tokens: Annotated[int, typer.Option(help="Decoder context (tokens).")] = 448,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.", metavar="")] = False,
+    help: HelpOption = False,
 ) -> None:
     """Convert a Whisper model into Core ML programs (encoder + KV-cached decoder) and a manifest."""
     from .coreml.convert import convert
@@ -277,15 +442,34 @@ def convert_command(
 
 @app.command("verify")
 def verify_command(
-    bundle: Annotated[Path, typer.Argument(help="A converted bundle directory.")],
-    audio: Annotated[Path | None, typer.Option(help="Speech to compare on (default: the bundled sample).")] = None,
-    engine: Annotated[str, typer.Option(help="auto (Core ML on macOS, mil elsewhere), coreml or mil.")] = "auto",
+    bundle: Annotated[
+        str,
+        typer.Argument(help="A converted bundle directory, or a model name (models/<name>-coreml).", metavar="BUNDLE"),
+    ],
+    audio: Annotated[
+        Path | None, typer.Option(help="Speech to compare on (default: the bundled sample).", metavar="FILE")
+    ] = None,
+    engine: Annotated[
+        str, typer.Option(help="auto (Core ML on macOS, mil elsewhere), coreml or mil.", metavar="ENGINE")
+    ] = "auto",
+    help: HelpOption = False,
 ) -> None:
     """Check a converted bundle against the PyTorch model: PSNR, argmax agreement, transcripts."""
+    from .catalog import find_bundle
     from .verify import verify
 
     try:
-        report = verify(bundle, audio, engine)
+        _check_choice("--engine", engine, ("auto", "coreml", "mil"))
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+    path = find_bundle(bundle)
+    if path is None:
+        where = "no such folder" if not Path(bundle).expanduser().exists() else "not a converted bundle"
+        raise fail(
+            f"{bundle}: {where}; convert one with: whisper-coreml convert {Path(bundle).name.removesuffix('-coreml')}"
+        )
+    try:
+        report = verify(path, audio, engine, progress=lambda stage: stderr.print(stage, markup=False))
     except WhisperCoreMLError as e:
         raise fail(str(e)) from None
     for line in report.lines():
@@ -301,7 +485,9 @@ def main() -> None:
 
 def transcribe_main() -> None:
     """`transcribe` entry point: the transcribe command on its own."""
-    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single = typer.Typer(
+        add_completion=False, pretty_exceptions_enable=False, context_settings={"help_option_names": []}
+    )
     single.command()(transcribe_command)
     single()
 

@@ -20,3 +20,10 @@ class AudioError(WhisperCoreMLError):
 
 class ModelError(WhisperCoreMLError):
     """A model could not be found, read or understood."""
+
+
+class NoAudioTrack(AudioError):
+    """A video without sound: nothing to transcribe, which a batch skips rather than fails."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path, "no audio track")

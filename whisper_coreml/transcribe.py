@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,6 +25,38 @@ INPUT_STRIDE = 2  # mel frames per audio position (and per timestamp step)
 
 Progress = Callable[[float, float], None]
 """Called with (seconds done, total seconds) after every window."""
+
+
+@dataclass(frozen=True)
+class SeekState:
+    """Where the seek loop stands between two windows: with the segments so far (and the
+    language), exactly what it needs to go on as if it had never stopped."""
+
+    seek: int
+    clip_idx: int
+    prompt_reset_since: int
+    last_speech_timestamp: float
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """A transcription restored from a journal: its language, state and segments so far."""
+
+    language: str
+    state: SeekState
+    segments: tuple[Segment, ...]
+
+
+class WindowJournal(Protocol):
+    """Keeps each finished window so that an interrupted transcription resumes after the last
+    one (see journal.py); the loop calls `restore` once, `begin` when starting afresh, then
+    `window` after every window, skipped ones included."""
+
+    def restore(self) -> Resumed | None: ...
+
+    def begin(self, language: str) -> None: ...
+
+    def window(self, state: SeekState, segments: Sequence[Segment]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -121,15 +153,23 @@ def transcribe(
     options: TranscriptionOptions = TranscriptionOptions(),
     progress: Progress | None = None,
     model_name: str = "",
+    journal: WindowJournal | None = None,
 ) -> TranscriptionResult:
-    """Transcribe (or translate) everything `source` holds."""
+    """Transcribe (or translate) everything `source` holds.
+
+    With a `journal`, windows it already holds are not decoded again: the loop resumes from
+    its last state and gives the result an uninterrupted run would have given.
+    """
     content_frames = source.n_frames
-    language = options.language
+    resumed = journal.restore() if journal is not None else None
+    language = resumed.language if resumed is not None else options.language
     if language is None:
         if tokenizer.multilingual:
             language, _ = detect_language(engine, engine.encode(source.window(0)), tokenizer)
         else:
             language = "en"
+    if journal is not None and resumed is None:
+        journal.begin(language)
     tokenizer = tokenizer.with_language(language, options.task)
     base = DecodingOptions(
         task=options.task,
@@ -147,12 +187,21 @@ def transcribe(
 
     initial_prompt = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
     remaining_prompt_length = engine.dims.n_text_ctx // 2 - 1 - len(initial_prompt)
-    all_tokens: list[int] = list(initial_prompt)
     segments: list[Segment] = []
-    prompt_reset_since = 0
-    last_speech_timestamp = 0.0
-    clip_idx = 0
-    seek = clips[0][0]
+    state = SeekState(seek=clips[0][0], clip_idx=0, prompt_reset_since=0, last_speech_timestamp=0.0)
+    if resumed is not None:
+        segments, state = list(resumed.segments), resumed.state
+    all_tokens: list[int] = [*initial_prompt, *(t for s in segments for t in s.tokens)]
+    seek, clip_idx = state.seek, state.clip_idx
+    prompt_reset_since, last_speech_timestamp = state.prompt_reset_since, state.last_speech_timestamp
+    if resumed is not None:
+        _report(progress, seek, content_frames)
+
+    def finish_window(new: Sequence[Segment] = ()) -> None:
+        if journal is not None:
+            journal.window(SeekState(seek, clip_idx, prompt_reset_since, last_speech_timestamp), new)
+        _report(progress, seek, content_frames)
+
     while clip_idx < len(clips):
         clip_start, clip_end = clips[clip_idx]
         seek = max(seek, clip_start)
@@ -169,7 +218,7 @@ def transcribe(
             # (digital silence). Whisper hallucinates "you" on such input and the no-speech gate
             # lets it through, so skip the window without decoding it.
             seek += segment_size
-            _report(progress, seek, content_frames)
+            finish_window()
             continue
         features = engine.encode(mel)
         if options.carry_initial_prompt:
@@ -183,7 +232,7 @@ def transcribe(
         if options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold:
             if options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold:
                 seek += segment_size  # silence: skip the whole window
-                _report(progress, seek, content_frames)
+                finish_window()
                 continue
         pieces, advance = split_segments(result, tokenizer, time_offset, segment_size)
         seek += advance
@@ -224,6 +273,7 @@ def transcribe(
             if options.words_at_pauses:  # after seeking, so the text stays openai-whisper's
                 pauses = find_pauses(mel[:, :segment_size])
                 window = fit_words_to_pauses(window, [(time_offset + a, time_offset + b) for a, b in pauses])
+        first_new = len(segments)
         for segment in window:
             if segment.start == segment.end or not segment.text.strip():
                 # Instantaneous or blank: kept for the record (as openai-whisper does), but empty.
@@ -232,7 +282,7 @@ def transcribe(
             all_tokens.extend(segment.tokens)
         if not options.condition_on_previous_text or result.temperature > 0.5:
             prompt_reset_since = len(all_tokens)
-        _report(progress, seek, content_frames)
+        finish_window(segments[first_new:])
 
     return TranscriptionResult(
         segments=tuple(segments),

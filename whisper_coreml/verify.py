@@ -10,6 +10,7 @@ Core ML runs the bundle on macOS; elsewhere the numpy reference executor (`mil`)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,15 @@ def reference_weights(bundle: Bundle) -> Weights:
     return weights
 
 
-def verify(bundle_path: str | Path, audio_path: str | Path | None = None, engine: str = "auto") -> VerifyReport:
-    """Compare a converted bundle with the PyTorch module on `audio_path` (default: the bundled sample)."""
+def verify(
+    bundle_path: str | Path,
+    audio_path: str | Path | None = None,
+    engine: str = "auto",
+    progress: Callable[[str], None] | None = None,
+) -> VerifyReport:
+    """Compare a converted bundle with the PyTorch module on `audio_path` (default: the bundled
+    sample); `progress` hears each stage as it starts (verifying a large model takes minutes)."""
+    say = progress or (lambda stage: None)
     from .api import WhisperModel
     from .engines.pytorch import TorchEngine
 
@@ -133,6 +141,7 @@ def verify(bundle_path: str | Path, audio_path: str | Path | None = None, engine
     audio = Path(audio_path) if audio_path is not None else DEFAULT_AUDIO
     if audio_path is None and not audio.is_file():
         raise ModelError("verify needs speech to compare on: pass --audio FILE (the bundled sample is not installed)")
+    say(f"loading {bundle.path} and the weights it was converted from")
     converted = create_bundle_engine(bundle, engine)
     reference = TorchEngine(reference_weights(bundle), device="cpu")
     tokenizer = bundle.tokenizer()
@@ -142,6 +151,7 @@ def verify(bundle_path: str | Path, audio_path: str | Path | None = None, engine
         mel = source.window(0)
 
     # Encoder: the features and every cross-attention key/value the decoder will read.
+    say("comparing the encoders")
     ours = converted.encode(mel)
     features, theirs = _torch_window(reference, mel)  # theirs: per layer (k, v), each (1, n_head, 1500, head_dim)
     encoder_psnr = {
@@ -151,6 +161,7 @@ def verify(bundle_path: str | Path, audio_path: str | Path | None = None, engine
     }
 
     # Decoder: PyTorch's greedy decode of the window, then both decoders teacher-forced along it.
+    say("comparing the decoders along a greedy decode")
     language = detect_language(reference, theirs, tokenizer)[0] if tokenizer.multilingual else "en"
     options = DecodingOptions(language=language, temperature=0.0)
     window_tokenizer = tokenizer.with_language(options.language, options.task)
@@ -174,6 +185,7 @@ def verify(bundle_path: str | Path, audio_path: str | Path | None = None, engine
     converted_tokens = WindowDecoder(converted, window_tokenizer, options).decode(ours).tokens
 
     # The whole file, through the same transcription pipeline on both engines.
+    say(f"transcribing {audio} on both engines")
     name = bundle.manifest.name
     reference_text = WhisperModel(reference, tokenizer, name).transcribe(audio).text.strip()
     converted_text = WhisperModel(converted, tokenizer, name).transcribe(audio).text.strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from whisper_coreml.result import TranscriptionResult
@@ -34,6 +35,7 @@ __all__ = [
     "cues_for",
     "get_writer",
     "output_path_for",
+    "output_settings",
     "parse_formats",
     "write_result",
 ]
@@ -74,6 +76,20 @@ def output_path_for(
     source = Path(input_path)
     directory = source.parent if output_dir is None else Path(output_dir)
     return directory / (source.stem + get_writer(fmt).extension)
+
+
+def output_settings(fmt: str, options: WriteOptions) -> dict[str, object]:
+    """The write options that shape `fmt`'s file: a changed fps redoes the subtitle formats
+    but not the transcript's JSON, a changed FCPXML version only the FCPXML."""
+    if fmt not in SUBTITLE_FORMATS:
+        return {}
+    shared = {"cues": options.cues, "rules": asdict(options.rules)}
+    if fmt == "vtt":
+        return {**shared, "highlight_words": options.highlight_words}
+    if fmt == "fcpxml":
+        skip = {"cues", "rules", "highlight_words"}
+        return {**shared, **{f.name: getattr(options, f.name) for f in fields(options) if f.name not in skip}}
+    return shared
 
 
 def cues_for(result: TranscriptionResult, options: WriteOptions) -> tuple[Cue, ...]:
