@@ -320,7 +320,10 @@ class _Batch:
         transcript = None
         if identity:
             journal = job.journal(self.journal_key(identity))
-            transcript = journal.completed(self.settings.model, self.settings.transcription.task)
+            if self.overwrite:  # forced: transcribe again from the start
+                journal.remove()
+            else:
+                transcript = journal.completed(self.settings.model, self.settings.transcription.task)
         return _Work(job, claim, write, todo, identity, (warning,) if warning else (), transcript)
 
     def journal_key(self, identity: dict[str, int]) -> str:
