@@ -12,12 +12,13 @@ import av
 import numpy as np
 import pytest
 
+from whisper_coreml.footage import VideoFormat, standard_rate
 from whisper_coreml.result import Segment, TranscriptionResult
 from whisper_coreml.subtitles import Cue, CueRules
 from whisper_coreml.timecode import FRAME_RATES, FrameRate, frame_rate
 from whisper_coreml.writers import WRITERS, WriteOptions, cues_for
 from whisper_coreml.writers.base import FCPXML_VERSIONS as VERSIONS
-from whisper_coreml.writers.fcpxml import fcp_time, frame_spans
+from whisper_coreml.writers.fcpxml import fcp_time, format_name, frame_spans
 from whisper_coreml.writers.itt import TT, TTP
 
 etree = pytest.importorskip("lxml.etree")
@@ -202,3 +203,65 @@ def test_fcpxml_with_media_references_the_video(tmp_path: Path, dtds: dict) -> N
         source = document.find("resources/asset").get("src") or document.find("resources/asset/media-rep").get("src")
         assert source == video.resolve().as_uri() and "%20" in source
         check_timing(text, frame_rate("25"))
+        # the project is 1080p (no video format given); the clip keeps its own, nameless, size
+        assert document.find("resources/format[@id='r1']").get("name") == "FFVideoFormat1080p25"
+        own = document.find("resources/format[@id='r4']").attrib
+        assert own == {"id": "r4", "frameDuration": "100/2500s", "width": "320", "height": "240"}
+        assert clip.get("format") == "r4" and clip.find("conform-rate") is None
+
+
+def test_format_names_match_final_cut_pros_own_exports(shared: Path) -> None:
+    """Every named format in Final Cut Pro's exports gets the same name from us, from its
+    attributes alone; the SD DV format we spell out instead (its name depends on the codec)."""
+    seen = set()
+    for sample in sorted((shared / "fcpxml" / "samples").rglob("*.fcpxml")):
+        for element in ET.parse(sample).getroot().iter("format"):
+            if element.get("frameDuration") is None:  # FFVideoFormatRateUndefined: no picture
+                continue
+            video = VideoFormat(
+                standard_rate(1 / parse_time(element.get("frameDuration"))),
+                int(element.get("width")),
+                int(element.get("height")),
+                element.get("fieldOrder", "progressive"),
+                Fraction(int(element.get("paspH", 1)), int(element.get("paspV", 1))),
+            )
+            expected = element.get("name")
+            if expected is not None and expected.startswith("FFVideoFormatDV"):
+                expected = None
+            assert format_name(video) == expected, (sample.name, element.attrib)
+            seen.add(expected)
+    assert {"FFVideoFormat1080p2398", "FFVideoFormat3840x2160p5994", "FFVideoFormat640x480p25", None} <= seen
+
+
+def test_interlaced_and_anamorphic_projects(dtds: dict) -> None:
+    rate = frame_rate("29.97")
+    for video, name, duration in (
+        (VideoFormat(rate, 1920, 1080, "upper first"), "FFVideoFormat1080i5994", "2002/60000s"),
+        (
+            VideoFormat(frame_rate("25"), 1440, 1080, "lower first", Fraction(4, 3)),
+            "FFVideoFormat1440x1080i50",
+            "200/5000s",
+        ),
+        (VideoFormat(frame_rate("25"), 720, 576, "lower first", Fraction(59, 54)), None, "200/5000s"),
+    ):
+        options = WriteOptions(rules=CueRules(fps=video.rate), video=video, fcpxml_version="1.11")
+        text = WRITERS["fcpxml"].render(RESULT, cues_for(RESULT, options), options)
+        document = etree.fromstring(text.encode())
+        assert dtds["1.11"].validate(document), dtds["1.11"].error_log.filter_from_errors()
+        project = document.find("resources/format")
+        assert (project.get("name"), project.get("frameDuration"), project.get("fieldOrder")) == (
+            name,
+            duration,
+            video.field_order,
+        )
+        aspect = video.pixel_aspect
+        assert (project.get("paspH"), project.get("paspV")) == (
+            (None, None) if aspect == 1 else (str(aspect.numerator), str(aspect.denominator))
+        )
+        check_timing(text, video.rate)
+    # a project at another rate than its video's cannot keep the video's fields
+    options = WriteOptions(
+        rules=CueRules(fps=frame_rate("50")), video=VideoFormat(frame_rate("25"), 1920, 1080, "upper first")
+    )
+    project = ET.fromstring(WRITERS["fcpxml"].render(RESULT, (), options)).find("resources/format")
+    assert (project.get("name"), project.get("fieldOrder")) == ("FFVideoFormat1080p50", None)

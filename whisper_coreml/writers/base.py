@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
+from whisper_coreml.footage import VideoFormat, frame_size
 from whisper_coreml.result import TranscriptionResult
 from whisper_coreml.subtitles import Cue, CueRules
 from whisper_coreml.writers.atomic import atomic_write_text
@@ -23,13 +24,20 @@ FCPXML_STYLES = ("captions", "titles")
 class WriteOptions:
     """How to turn one result into files: the cue rules every subtitle format shares (their
     `fps` is also the frame grid of FCPXML and iTT), plus the few choices that belong to one
-    format (FCPXML version and style, VTT word highlighting)."""
+    format (FCPXML version, style and picture format, VTT word highlighting).
+
+    `video` is the input's own picture format (`writers.fcpxml.fcpxml_options_for` probes it):
+    the FCPXML project takes its size, pixel aspect, field order and colour space. Without one
+    (audio inputs) the project is `format_size` (1920x1080 unless given) and progressive. A
+    given `format_size` also replaces a video's size. The frame rate is always `rules.fps`."""
 
     cues: str = "rules"  # "rules" (CueRules) or "raw" (one cue per Whisper segment)
     rules: CueRules = field(default_factory=CueRules)
     fcpxml_version: str = "1.8"
     fcpxml_style: str = "captions"  # "captions" or "titles" (Basic Title clips, FCP < 10.4.1)
     media: Path | None = None  # a video to reference as the project's asset clip
+    video: VideoFormat | None = None  # the input's picture format, when it is a video
+    format_size: str | None = None  # "WIDTHxHEIGHT" of the FCPXML project, e.g. "3840x2160", "1080x1920"
     highlight_words: bool = False
 
     def __post_init__(self) -> None:
@@ -41,6 +49,8 @@ class WriteOptions:
             raise ValueError(f"unsupported FCPXML version {self.fcpxml_version!r}; choose from {known}")
         if self.fcpxml_style not in FCPXML_STYLES:
             raise ValueError(f"unknown FCPXML style {self.fcpxml_style!r}; choose captions or titles")
+        if self.format_size is not None:
+            frame_size(self.format_size)
 
 
 class Writer(ABC):
