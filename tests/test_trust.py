@@ -375,3 +375,53 @@ def test_folder_without_recursive_says_what_it_skipped(tmp_path: Path, shared: P
     result = run(tmp_path)
     assert result.returncode == 0 and "2 subfolder(s) not searched (add --recursive" in result.stderr
     assert outputs_under(tmp_path / "day2") == {"clip.wav"}
+
+
+# --- 6. FCPXML from the footage -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "fps", "width", "height", "frame", "format_name"),
+    [
+        ("interview.mov", (30000, 1001), 640, 360, "1001/30000s", "FFVideoFormat640x360p2997"),
+        ("feature.mp4", (24000, 1001), 1920, 1080, "1001/24000s", "FFVideoFormat1080p2398"),
+    ],
+)
+def test_fcpxml_project_takes_the_videos_format_through_the_cli(
+    tmp_path: Path,
+    audio: Callable[[str], np.ndarray],
+    shared: Path,
+    name: str,
+    fps: tuple[int, int],
+    width: int,
+    height: int,
+    frame: str,
+    format_name: str,
+) -> None:
+    from fractions import Fraction
+    from xml.etree import ElementTree
+
+    from test_footage import assert_on_grid, make_video, project_format_of
+
+    etree = pytest.importorskip("lxml.etree")
+
+    speech = np.concatenate([audio("en/arctic_a0010.wav"), np.zeros(8000, np.float32), audio("en/arctic_a0024.wav")])
+    video = make_video(tmp_path / name, Fraction(*fps), width, height, len(speech) / 16000, speech.astype(np.float32))
+    result = run(video, "-f", "fcpxml,srt", "--fcpxml-with-media")
+    assert result.returncode == 0, result.stderr
+    assert "differs" not in result.stderr  # no --fps given: no warning
+    document_path = video.with_suffix(".fcpxml")
+    dtd = etree.DTD(str(shared / "fcpxml" / "dtd" / "FCPXMLv1_8.dtd"))
+    assert dtd.validate(etree.parse(str(document_path))), dtd.error_log
+    document = ElementTree.parse(document_path).getroot()
+    project = project_format_of(document)
+    assert (project.get("name"), project.get("frameDuration")) == (format_name, frame)
+    assert (project.get("width"), project.get("height")) == (str(width), str(height))
+    assert len(list(document.iter("format"))) == 1  # the clip shares the project's format
+    assert_on_grid(document, Fraction(frame[:-1]))
+    assert len(list(document.iter("caption"))) >= 2
+
+    overridden = run(video, "-f", "fcpxml", "--fcpxml-with-media", "--fps", "25")
+    assert overridden.returncode == 0, overridden.stderr
+    assert f"{video}: --fps 25 differs from the video's" in overridden.stderr
+    assert project_format_of(ElementTree.parse(document_path).getroot()).get("frameDuration") == "100/2500s"

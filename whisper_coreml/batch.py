@@ -33,6 +33,7 @@ from .locks import Claim, try_claim
 from .records import Record, State, input_identity, settings_key
 from .writers import WriteOptions, cues_for, get_writer, output_settings, write_result
 from .writers.atomic import atomic_write_text
+from .writers.fcpxml import fcpxml_options_for
 
 if TYPE_CHECKING:
     from .api import WhisperModel
@@ -67,17 +68,32 @@ class Job:
 @dataclass(frozen=True)
 class Settings:
     """Everything that makes an output what it is (the engine aside: engines agree), hashed
-    into the keys that records and journals are checked against."""
+    into the keys that records and journals are checked against.
+
+    `write` is what the user asked for; each input's own write options follow from it and the
+    input (`write_for`: a video's frame rate and picture format unless `fps_explicit`, the
+    input as the FCPXML's clip `with_media`), so the keys need no probing of the input.
+    """
 
     model: str
     transcription: TranscriptionOptions
     write: WriteOptions
+    fps_explicit: bool = True
+    with_media: bool = False
 
     def transcription_key(self) -> str:
         return settings_key({"model": self.model, "options": asdict(self.transcription)})
 
-    def output_key(self, fmt: str, write: WriteOptions) -> str:
-        return settings_key({"transcription": self.transcription_key(), fmt: output_settings(fmt, write)})
+    def output_key(self, fmt: str) -> str:
+        choices = {"fps_explicit": self.fps_explicit, "with_media": self.with_media}
+        return settings_key(
+            {"transcription": self.transcription_key(), fmt: output_settings(fmt, self.write), **choices}
+        )
+
+    def write_for(self, source: Path) -> tuple[WriteOptions, tuple[str, ...]]:
+        """The write options for `source`, and warnings for the editor (see fcpxml_options_for)."""
+        write = replace(self.write, media=source) if self.with_media else self.write
+        return fcpxml_options_for(source, write, self.fps_explicit)
 
 
 @dataclass(frozen=True)
@@ -224,7 +240,6 @@ def describe_os_error(error: OSError, fallback: Path) -> str:
 
 
 Event = Callable[[str, dict[str, Any]], None]
-OptionsFor = Callable[[Job, WriteOptions], tuple[WriteOptions, str | None]]
 
 
 @dataclass
@@ -244,19 +259,11 @@ class _Work:
 class _Batch:
     """One run over `jobs`; see `run_batch`."""
 
-    def __init__(
-        self,
-        load: Callable[[], WhisperModel],
-        settings: Settings,
-        overwrite: bool,
-        emit: Event,
-        options_for: OptionsFor | None,
-    ) -> None:
+    def __init__(self, load: Callable[[], WhisperModel], settings: Settings, overwrite: bool, emit: Event) -> None:
         self.load = load
         self.settings = settings
         self.overwrite = overwrite
         self.emit = emit
-        self.options_for = options_for or (lambda job, write: (write, None))
         self.model: WhisperModel | None = None
         self.report = Report()
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="whisper-prefetch")
@@ -265,24 +272,23 @@ class _Batch:
         self.report.outcomes.append(outcome)
         self.emit("outcome", {"outcome": outcome})
 
-    def assess(self, job: Job) -> tuple[WriteOptions, tuple[tuple[str, Path], ...], str | None, Outcome | None]:
-        """(write options, targets to write, a warning, or the outcome when there is nothing
-        to do): reads only records and file metadata, so it is cheap and safe without a claim."""
+    def assess(self, job: Job) -> tuple[tuple[tuple[str, Path], ...], Outcome | None]:
+        """(targets to write, or the outcome when there is nothing to do): reads only records
+        and file metadata, so it is cheap and safe without a claim."""
         source = str(job.source)
-        write, warning = self.options_for(job, self.settings.write)
         try:
             identity = input_identity(job.source)
         except OSError:
             identity = {}  # a missing or unreadable input: decoding it reports the problem
         if any(path.resolve() == job.source.resolve() for _, path in job.targets):
-            return write, (), warning, Outcome(source, "failed", error=f"{source}: output would overwrite the input")
+            return (), Outcome(source, "failed", error=f"{source}: output would overwrite the input")
         todo, kept = [], []
         for fmt, target in job.targets:
-            key = self.settings.output_key(fmt, write)
+            key = self.settings.output_key(fmt)
             state = job.record.state(target, key, identity) if identity else State.MISSING
             if state is State.FOLDER:
                 error = f"{target}: a folder stands where the {fmt} output should be written"
-                return write, (), warning, Outcome(source, "failed", error=error)
+                return (), Outcome(source, "failed", error=error)
             if state is State.CURRENT and not self.overwrite:
                 continue
             if state in (State.EDITED, State.FOREIGN) and not self.overwrite:
@@ -295,10 +301,10 @@ class _Batch:
         outputs = tuple(str(p) for _, p in job.targets)
         if kept:
             error = "; ".join(kept) + "; kept it (--overwrite replaces it)"
-            return write, (), warning, Outcome(source, "kept", error=error, outputs=outputs)
+            return (), Outcome(source, "kept", error=error, outputs=outputs)
         if not todo:
-            return write, (), warning, Outcome(source, "up to date", outputs=outputs)
-        return write, tuple(todo), warning, None
+            return (), Outcome(source, "up to date", outputs=outputs)
+        return tuple(todo), None
 
     def claim(self, job: Job) -> _Work | Outcome | None:
         """Claim `job` and look again under the claim (another run may have just finished it);
@@ -309,14 +315,18 @@ class _Batch:
             return Outcome(str(job.source), "failed", error=describe_os_error(e, job.directory))
         if claim is None:
             return None
-        write, todo, warning, outcome = self.assess(job)
+        todo, outcome = self.assess(job)
         if outcome is not None:
             claim.release()
             return outcome
         try:
             identity = input_identity(job.source)
+            write, warnings = self.settings.write_for(job.source)
         except OSError:
-            identity = {}
+            identity, write, warnings = {}, self.settings.write, ()
+        except WhisperCoreMLError as e:
+            claim.release()
+            return Outcome(str(job.source), "failed", error=str(e))
         transcript = None
         if identity:
             journal = job.journal(self.journal_key(identity))
@@ -324,7 +334,7 @@ class _Batch:
                 journal.remove()
             else:
                 transcript = journal.completed(self.settings.model, self.settings.transcription.task)
-        return _Work(job, claim, write, todo, identity, (warning,) if warning else (), transcript)
+        return _Work(job, claim, write, todo, identity, warnings, transcript)
 
     def journal_key(self, identity: dict[str, int]) -> str:
         return settings_key({"transcription": self.settings.transcription_key(), "input": identity})
@@ -337,7 +347,7 @@ class _Batch:
     def run(self, jobs: Sequence[Job]) -> Report:
         queue: deque[Job] = deque()
         for job in jobs:
-            *_, outcome = self.assess(job)
+            _, outcome = self.assess(job)
             if outcome is not None:
                 self.finish(outcome)
             else:
@@ -420,7 +430,7 @@ class _Batch:
             written = {}
             for fmt, target in work.todo:
                 write_result(result, fmt, target, work.write, cues)
-                written[target] = self.settings.output_key(fmt, work.write)
+                written[target] = self.settings.output_key(fmt)
             if work.identity:
                 job.record.update(work.identity, written)
         except NoAudioTrack as e:
@@ -455,14 +465,12 @@ def run_batch(
     settings: Settings,
     overwrite: bool = False,
     on_event: Event | None = None,
-    options_for: OptionsFor | None = None,
 ) -> Report:
     """Write every job's outputs that are not up to date, loading the model (`load`) only if a
     transcription is needed.
 
     `on_event(kind, info)` reports progress: "plan" (total inputs and seconds of audio to do),
     "loading" (the model), "start" (source), "progress" (done, total seconds of the current
-    file), "outcome" (the Outcome). `options_for(job, write)` may adapt the write options to an
-    input (the frame rate of a video) and return a warning for the editor.
+    file), "outcome" (the Outcome).
     """
-    return _Batch(load, settings, overwrite, on_event or (lambda kind, info: None), options_for).run(jobs)
+    return _Batch(load, settings, overwrite, on_event or (lambda kind, info: None)).run(jobs)

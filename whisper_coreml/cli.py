@@ -8,7 +8,6 @@ errors. Progress shows only on a terminal and never with --quiet.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -129,6 +128,14 @@ def transcribe_command(
     fcpxml_style: Annotated[
         str, typer.Option(help="captions, or titles for Final Cut Pro before 10.4.1.", metavar="STYLE")
     ] = "captions",
+    format_size: Annotated[
+        str | None,
+        typer.Option(
+            help="FCPXML project size WIDTHxHEIGHT, e.g. 3840x2160 or 1080x1920.",
+            metavar="SIZE",
+            show_default="the video's, 1920x1080 for audio",
+        ),
+    ] = None,
     fcpxml_with_media: Annotated[
         bool,
         typer.Option(
@@ -196,6 +203,7 @@ def transcribe_command(
             fcpxml_version=fcpxml_version,
             fcpxml_style=fcpxml_style,
             highlight_words=highlight_words,
+            format_size=format_size,
         )
         code = language_code(language) if language is not None else None
         found = discover(paths, recursive, include or (), exclude or ())
@@ -223,15 +231,18 @@ def transcribe_command(
     name = model or default_model()
     if Path(name).expanduser().exists():
         name = str(Path(name).expanduser().resolve())
-    settings = Settings(name, TranscriptionOptions(**overrides), write_options)
+    settings = Settings(
+        name,
+        TranscriptionOptions(**overrides),
+        write_options,
+        fps_explicit=fps is not None,
+        with_media=fcpxml_with_media,
+    )
 
     def load() -> WhisperModel:
         whisper = load_model(model, engine=engine, device=device)
         whisper.options(settings.transcription)  # refuses, e.g., German for an English-only model
         return whisper
-
-    def options_for(job, write: WriteOptions) -> tuple[WriteOptions, str | None]:
-        return (replace(write, media=job.source) if fcpxml_with_media else write), None
 
     presenter = _Presenter(quiet)
     if found.skipped_folders and not quiet:
@@ -241,7 +252,7 @@ def transcribe_command(
         )
     try:
         with presenter:
-            result = run_batch(jobs, load, settings, overwrite, presenter.event, options_for)
+            result = run_batch(jobs, load, settings, overwrite, presenter.event)
     except ValueError as e:
         raise fail(str(e), 2) from None
     except WhisperCoreMLError as e:

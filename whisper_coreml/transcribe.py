@@ -183,7 +183,8 @@ def transcribe(
     seek_points = [round(t * FRAMES_PER_SECOND) for t in options.clip_timestamps] or [0]
     if len(seek_points) % 2 == 1:
         seek_points.append(content_frames)
-    clips = list(zip(seek_points[::2], seek_points[1::2], strict=True))
+    # Clips reaching past the end of the audio end with it (an empty window has nothing to decode).
+    clips = [(start, min(end, content_frames)) for start, end in zip(seek_points[::2], seek_points[1::2], strict=True)]
 
     initial_prompt = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
     remaining_prompt_length = engine.dims.n_text_ctx // 2 - 1 - len(initial_prompt)
