@@ -25,9 +25,11 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -53,6 +55,7 @@ SIZES: dict[str, ModelDimensions] = {
 # The dtype each size's model.safetensors has on the hub: small and medium float32, large-v3(-turbo) float16.
 HUB_DTYPES = {"small": torch.float32, "medium": torch.float32, "large-v3": torch.float16}
 DEFAULT_SIZES = ("small", "medium", "large-v3", "large-v3-turbo")
+DEFAULT_LIMIT_MIB = 14 * 1024  # a stage above this is killed: the machine is shared
 YUE = "<|yue|>"  # large-v3's 100th language, right after <|su|>
 
 
@@ -228,18 +231,40 @@ def stage_verify(bundle: Path, audio: Path, sample_len: int) -> dict[str, Any]:
     }
 
 
-def run_stage(args: list[str]) -> dict[str, Any]:
-    """Run one stage in a child; its result, wall time and its own peak RSS (from `wait4`)."""
+def _watch_rss(pid: int, limit_mib: float, done: threading.Event, over: threading.Event) -> None:
+    """Kill the stage `pid` if its resident memory passes `limit_mib` (others share the machine)."""
+    status = Path(f"/proc/{pid}/status")
+    while not done.wait(0.5):
+        try:
+            rss_kib = next(int(ln.split()[1]) for ln in status.read_text().splitlines() if ln.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            return
+        if rss_kib / 1024 > limit_mib:
+            over.set()
+            os.kill(pid, signal.SIGKILL)
+            return
+
+
+def run_stage(args: list[str], limit_mib: float = DEFAULT_LIMIT_MIB) -> dict[str, Any]:
+    """Run one stage in a child; its result, wall time and its own peak RSS (from `wait4`).
+
+    A child whose memory passes `limit_mib` is killed, and the result says so.
+    """
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen([sys.executable, __file__, "--stage", *args], stdout=out, stderr=err, text=True)
+        done, over = threading.Event(), threading.Event()
+        threading.Thread(target=_watch_rss, args=(child.pid, limit_mib, done, over), daemon=True).start()
         _, status, usage = os.wait4(child.pid, 0)
+        done.set()
         child.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
         lines, log = out.read().strip().splitlines(), err.read()
     result = json.loads(lines[-1]) if child.returncode == 0 and lines else {}
+    if over.is_set():
+        result["killed"] = f"its resident memory passed {limit_mib:.0f} MiB"
     return {
         "ok": child.returncode == 0,
         "seconds": seconds,
@@ -286,6 +311,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="where models and bundles go (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the models and bundles")
+    parser.add_argument("--limit-mib", type=float, default=DEFAULT_LIMIT_MIB, help="kill a stage using more memory")
     args = parser.parse_args()
     os.nice(10)  # others share the machine
     audio = speech_window_audio()
@@ -306,7 +332,7 @@ def main() -> None:
             }
             results["sizes"][size] = {}
             for stage, stage_args in stages.items():
-                outcome = run_stage([stage, *stage_args])
+                outcome = run_stage([stage, *stage_args], args.limit_mib)
                 results["sizes"][size][stage] = outcome
                 summary = {k: v for k, v in outcome.items() if k not in ("ok", "seconds", "peak_rss_mib", "log")}
                 print(

@@ -124,6 +124,21 @@ def hf_to_openai_name(name: str) -> str | None:
     return name
 
 
+def safetensors_files(path: Path) -> list[Path]:
+    """The checkpoint's weight files: `model.safetensors`, else the shards its index names, else every one.
+
+    Hub repos may hold more than one copy of the weights (large-v3 has float32 shards beside its
+    float16 `model.safetensors`); reading them all would hold the model twice and let whichever
+    sorts last win.
+    """
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return sorted(path.glob("*.safetensors"))
+
+
 def read_huggingface(path: Path) -> Weights:
     """A transformers checkpoint directory: `config.json` + one or more `*.safetensors`."""
     from safetensors.torch import load_file
@@ -131,7 +146,7 @@ def read_huggingface(path: Path) -> Weights:
     try:
         config = json.loads((path / "config.json").read_text())
         sd: StateDict = {}
-        for file in sorted(path.glob("*.safetensors")):
+        for file in safetensors_files(path):
             for name, tensor in load_file(file).items():
                 if (ours := hf_to_openai_name(name)) is not None:
                     sd[ours] = tensor
