@@ -18,7 +18,16 @@ from .errors import ModelError
 from .weights import Weights, read_ctranslate2, read_huggingface, read_weights
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
-_HF_FILES = ["config.json", "generation_config.json", "tokenizer.json", "*.safetensors"]
+# One copy of the weights: the hub's `model.safetensors` or its standard shards, never the extra
+# float32 copies some repos keep beside them (`model.fp32-*.safetensors`).
+_HF_FILES = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*-of-*.safetensors",
+]
 
 
 @dataclass(frozen=True)

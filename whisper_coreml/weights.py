@@ -124,6 +124,21 @@ def hf_to_openai_name(name: str) -> str | None:
     return name
 
 
+def safetensors_files(path: Path) -> list[Path]:
+    """The checkpoint's weight files: `model.safetensors`, else the shards its index names, else every one.
+
+    Hub repos may hold more than one copy of the weights (large-v3 has float32 shards beside its
+    float16 `model.safetensors`); reading them all would hold the model twice and let whichever
+    sorts last win.
+    """
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return sorted(path.glob("*.safetensors"))
+
+
 def read_huggingface(path: Path) -> Weights:
     """A transformers checkpoint directory: `config.json` + one or more `*.safetensors`."""
     from safetensors.torch import load_file
@@ -131,7 +146,7 @@ def read_huggingface(path: Path) -> Weights:
     try:
         config = json.loads((path / "config.json").read_text())
         sd: StateDict = {}
-        for file in sorted(path.glob("*.safetensors")):
+        for file in safetensors_files(path):
             for name, tensor in load_file(file).items():
                 if (ours := hf_to_openai_name(name)) is not None:
                     sd[ours] = tensor
@@ -152,48 +167,103 @@ def read_huggingface(path: Path) -> Weights:
 _CT2_DTYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
 
 
-def _parse_ct2(buf: memoryview) -> dict[str, np.ndarray]:
-    """Parse a CTranslate2 `model.bin` (binary version 5 or 6) into named numpy arrays."""
-    pos = 0
+class TruncatedModelError(ValueError):
+    """A CTranslate2 file that stops before its declared contents end (an interrupted download or copy)."""
 
-    def take(fmt: str) -> tuple:
-        nonlocal pos
-        values = struct.unpack_from("<" + fmt, buf, pos)
-        pos += struct.calcsize("<" + fmt)
+
+class _Ct2Reader:
+    """Sequential little-endian reads that know where they are: a read past the end says which
+    variable it was in, so a cut file is reported as cut rather than as a shape or struct error."""
+
+    def __init__(self, buf: memoryview) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.where = "the header"
+        self.boundary = ""  # what the file holds so far, when a read starts a new part of it
+
+    def need(self, nbytes: int) -> None:
+        if self.pos + nbytes <= len(self.buf):
+            return
+        if self.boundary and self.pos == len(self.buf):
+            raise TruncatedModelError(f"ends {self.boundary}, at byte {self.pos:,}")
+        raise TruncatedModelError(
+            f"ends inside {self.where} at byte {len(self.buf):,}, "
+            f"{self.pos + nbytes - len(self.buf):,} bytes short of its end"
+        )
+
+    def take(self, fmt: str) -> tuple:
+        size = struct.calcsize("<" + fmt)
+        self.need(size)
+        values = struct.unpack_from("<" + fmt, self.buf, self.pos)
+        self.pos += size
         return values
 
-    def string() -> str:
-        nonlocal pos
-        (length,) = take("H")
-        text = bytes(buf[pos : pos + length - 1]).decode()
-        pos += length
-        return text
+    def bytes(self, nbytes: int) -> memoryview:
+        self.need(nbytes)
+        raw = self.buf[self.pos : self.pos + nbytes]
+        self.pos += nbytes
+        return raw
 
-    (version,) = take("I")
-    if version < 5:
+    def string(self) -> str:
+        (length,) = self.take("H")
+        return bytes(self.bytes(length)[:-1]).decode()
+
+
+def _parse_ct2(buf: memoryview) -> dict[str, np.ndarray]:
+    """Parse a CTranslate2 `model.bin` (binary version 5 or 6) into named numpy arrays.
+
+    The format declares its variable count up front and each variable's shape, type and byte
+    size before its data, so a file cut short (a partial download, or a package holding only
+    the first part of a split file) is recognised exactly: `TruncatedModelError` names the
+    variable it ends in, and sizes that disagree with their shapes are refused too.
+    """
+    reader = _Ct2Reader(buf)
+    (version,) = reader.take("I")
+    if version < 5 or version > 6:
         raise ValueError(f"unsupported CTranslate2 binary version {version}")
-    string()  # spec name
-    take("I")  # spec revision
-    (count,) = take("I")
+    reader.string()  # spec name
+    reader.take("I")  # spec revision
+    (count,) = reader.take("I")
     arrays: dict[str, np.ndarray] = {}
-    for _ in range(count):
-        name = string()
-        (rank,) = take("B")
-        shape = take("I" * rank)
-        (type_id,) = take("B")
-        (nbytes,) = take("I")
-        raw = buf[pos : pos + nbytes]
-        pos += nbytes
+    for index in range(1, count + 1):
+        reader.where = f"the header of variable {index} of {count}"
+        reader.boundary = (
+            f"after variable {index - 1} of {count}" if index > 1 else f"before the first of {count} variables"
+        )
+        name = reader.string()
+        reader.boundary = ""
+        reader.where = f"the header of variable {index} of {count} ('{name}')"
+        (rank,) = reader.take("B")
+        shape = reader.take("I" * rank)
+        (type_id,) = reader.take("B")
+        (nbytes,) = reader.take("I")
+        if type_id >= len(_CT2_DTYPES):
+            raise ValueError(f"variable {index} of {count} ('{name}') has unknown data type {type_id}")
         dtype = _CT2_DTYPES[type_id]
+        expected = int(np.prod(shape, dtype=np.int64)) * (2 if dtype == "bfloat16" else np.dtype(dtype).itemsize)
+        if nbytes != expected:
+            raise ValueError(
+                f"variable {index} of {count} ('{name}') declares {nbytes:,} bytes, "
+                f"but its shape {list(shape)} of {dtype} needs {expected:,}"
+            )
+        reader.where = f"variable {index} of {count} ('{name}', {nbytes:,} bytes from byte {reader.pos:,})"
+        raw = reader.bytes(nbytes)
         if dtype == "bfloat16":
             bits = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
             arrays[name] = bits.view(np.float32).reshape(shape)
         else:
             arrays[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    (n_aliases,) = take("I")
+    reader.where = f"the alias table after all {count} variables"
+    reader.boundary = f"after all {count} variables, before their alias table"
+    (n_aliases,) = reader.take("I")
+    reader.boundary = ""
     for _ in range(n_aliases):
-        alias, target = string(), string()
+        alias, target = reader.string(), reader.string()
         arrays[alias] = arrays[target]
+    if reader.pos != len(buf):
+        raise ValueError(
+            f"{len(buf) - reader.pos:,} unexpected bytes after the end of the model at byte {reader.pos:,}"
+        )
     return arrays
 
 
@@ -266,10 +336,19 @@ def read_ctranslate2(directory: Path, parts: Sequence[Path]) -> Weights:
     """
     try:
         data = b"".join(p.read_bytes() for p in parts) if len(parts) > 1 else parts[0].read_bytes()
+    except OSError as e:
+        raise ModelError(f"{parts[0]}: cannot be read ({e.strerror or e})") from e
+    try:
         arrays = _parse_ct2(memoryview(data))
         sd = _ct2_to_openai(arrays)
         dims = _dims_from_state_dict(sd, int(arrays["encoder/num_heads"]), int(arrays["decoder/num_heads"]))
-    except (OSError, ValueError, KeyError, IndexError, struct.error, AssertionError) as e:
+    except TruncatedModelError as e:
+        size = f"{len(parts)} parts joined, {len(data):,} bytes" if len(parts) > 1 else f"{len(data):,} bytes"
+        raise ModelError(
+            f"{parts[0]}: truncated CTranslate2 model ({size}): {e}; it is incomplete (an interrupted download, "
+            "or only the first part of a split model): download or install it again"
+        ) from e
+    except (ValueError, KeyError, IndexError, struct.error, AssertionError) as e:
         raise ModelError(f"{parts[0]}: not a readable CTranslate2 Whisper model ({e})") from e
     config_file = directory / "config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}

@@ -229,9 +229,9 @@ def convert(
     _check_replaceable(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
 
-    whisper = Whisper(dims)
-    whisper.load_state_dict({k: v.float() for k, v in weights.state_dict.items()})
-    whisper.eval()
+    source = {"weights": weights.source, "format": weights.format, "sha256": weights_checksum(weights)}
+    whisper, pending = _unloaded_whisper(weights)
+    del weights  # when convert read the weights itself, each tensor is freed once its float32 copy exists
     work = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
 
     def finish(mlmodel: Any, part: str, package: str, description: str) -> None:
@@ -246,6 +246,11 @@ def convert(
     try:
         with _quiet(verbose), torch.no_grad():
             say("tracing the encoder")
+            _load_float32(
+                whisper,
+                pending,
+                lambda k: k.startswith("encoder.") or ".cross_attn.key." in k or ".cross_attn.value." in k,
+            )
             mel = torch.zeros(1, dims.n_mels, 3000)
             traced = torch.jit.trace(EncoderExport(whisper).eval(), mel, check_trace=False)
             say("converting the encoder")
@@ -263,6 +268,8 @@ def convert(
             del encoder
 
             say("tracing the decoder")
+            whisper.encoder.to("meta")  # converted: its float32 weights need not sit beside the decoder's
+            _load_float32(whisper, pending, lambda k: True)
             decoder = _convert_decoder(ct, whisper, max_tokens, heads, stateful, float_dtype, target, decoder_precision)
             finish(decoder, "decoder", B.DECODER, "Whisper text decoder, one token per call")
             del decoder
@@ -286,7 +293,7 @@ def convert(
             encoder=encoder_io,
             decoder=decoder_io,
             files=B.package_files(work, (B.ENCODER, B.DECODER)),
-            source={"weights": weights.source, "format": weights.format, "sha256": weights_checksum(weights)},
+            source=source,
             versions=_versions(ct),
             traffic=traffic,
         )
@@ -337,6 +344,32 @@ def convert(
         compiled=compiled,
         notes=tuple(notes),
     )
+
+
+def _unloaded_whisper(weights: Weights) -> tuple[Whisper, dict[str, torch.Tensor]]:
+    """Our module on the meta device, and the tensors still to be loaded into it (all of them).
+
+    Conversion fills it in two halves (`_load_float32`): the encoder, then, once the encoder
+    is converted and dropped, the decoder. No random initialisation is ever allocated, float32
+    weights are shared rather than copied, and a float16 checkpoint (large-v3's) is widened
+    one half at a time: the peak holds one half of the model in float32 beside coremltools'
+    copy of it, not the whole model twice.
+    """
+    with torch.device("meta"):
+        whisper = Whisper(weights.dims)
+    expected = set(whisper.state_dict())
+    if set(weights.state_dict) != expected:
+        wrong = sorted(set(weights.state_dict) ^ expected)
+        raise ModelError(
+            f"{weights.source}: its tensors do not fit a Whisper of its dimensions ({', '.join(wrong[:5])})"
+        )
+    return whisper.eval(), dict(weights.state_dict)
+
+
+def _load_float32(whisper: Whisper, pending: dict[str, torch.Tensor], wanted: Callable[[str], bool]) -> None:
+    """Give `whisper` float32 copies of the pending tensors `wanted` selects, and forget the originals."""
+    names = [k for k in pending if wanted(k)]
+    whisper.load_state_dict({k: pending.pop(k).float() for k in names}, strict=False, assign=True)
 
 
 def _check_replaceable(destination: Path) -> None:

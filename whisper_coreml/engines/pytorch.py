@@ -84,8 +84,9 @@ class TorchEngine:
             openmp.warn_if_late()
         self.dims = weights.dims
         dtype = torch.float32 if self.device.type == "cpu" else torch.float16
-        model = Whisper(weights.dims)
-        model.load_state_dict({k: v.to(dtype) for k, v in weights.state_dict.items()})
+        with torch.device("meta"):  # no random initialisation to overwrite: large-v3 would need 6 GB more
+            model = Whisper(weights.dims)
+        model.load_state_dict({k: v.to(dtype) for k, v in weights.state_dict.items()}, assign=True)
         self.model = model.to(self.device, dtype).eval()
         # Store the tied embedding column-major: the per-token vocabulary projection then reads
         # contiguous memory (twice as fast on CPU), and token lookups barely notice. On a
