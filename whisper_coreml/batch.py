@@ -95,9 +95,14 @@ class Settings:
         )
 
     def write_for(self, source: Path) -> tuple[WriteOptions, tuple[str, ...]]:
-        """The write options for `source`, and warnings for the editor (see fcpxml_options_for)."""
+        """The write options for `source`, and warnings for the editor (see fcpxml_options_for).
+        An input that cannot be probed keeps the asked-for options: decoding it will say what is
+        wrong with it, in the words used for every input."""
         write = replace(self.write, media=source) if self.with_media else self.write
-        return fcpxml_options_for(source, write, self.fps_explicit)
+        try:
+            return fcpxml_options_for(source, write, self.fps_explicit)
+        except WhisperCoreMLError:
+            return write, ()
 
 
 @dataclass(frozen=True)
@@ -329,9 +334,6 @@ class _Batch:
             write, warnings = self.settings.write_for(job.source)
         except OSError:
             identity, write, warnings = {}, self.settings.write, ()
-        except WhisperCoreMLError as e:
-            claim.release()
-            return Outcome(str(job.source), "failed", error=str(e))
         transcript = None
         if identity:
             journal = job.journal(self.journal_key(identity))
