@@ -46,7 +46,7 @@ def test_sample_to_srt_vtt_and_json(tmp_path: Path) -> None:
     assert cues[0].start.total_seconds() < 1.0 and 8.0 < cues[-1].end.total_seconds() < 10.5
     assert (tmp_path / "espeak_welcome.vtt").read_text().startswith("WEBVTT")
     assert '"language": "en"' in (tmp_path / "espeak_welcome.json").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         "espeak_welcome.json",
         "espeak_welcome.srt",
         "espeak_welcome.vtt",
@@ -68,7 +68,6 @@ def bad_inputs(folder: Path, shared: Path | None) -> dict[str, str]:
     cases = {
         "empty.wav": "empty file",
         "notes.wav": "not an audio or video file",
-        "silent_video.mp4": "no audio track",
         "missing.wav": "file not found",
     }
     mp3 = shared / "speech" / "long" / "librivox_shakespeare_sonnet001.mp3" if shared else None
@@ -94,6 +93,9 @@ def test_each_bad_input_gets_one_line_and_no_output(tmp_path: Path, shared_or_no
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and name in lines[0] and problem in lines[0], (name, result.stderr)
         assert set(tmp_path.iterdir()) == before, f"{name}: output or temp file left behind"
+    skipped = run(tmp_path / "silent_video.mp4", "--format", "all")  # nothing to transcribe: not a failure
+    assert skipped.returncode == 0 and skipped.stderr.strip().endswith("silent_video.mp4: no audio track")
+    assert not list(tmp_path.glob("silent_video.*.*")) and not (tmp_path / "silent_video.srt").exists()
 
 
 def test_a_bad_file_does_not_stop_the_others(tmp_path: Path) -> None:
@@ -193,8 +195,8 @@ def test_cue_rules_and_raw_segments(tmp_path: Path) -> None:
         ("--fcpxml-version", "1.5", "unsupported FCPXML version '1.5'"),
         ("--fcpxml-style", "lower-thirds", "unknown FCPXML style"),
         ("--cues", "segments", "unknown cue mode"),
-        ("--max-lines", "0", "max lines must be at least 1"),
-        ("--min-duration", "9", "cue durations need"),
+        ("--max-lines", "0", "--max-lines 0: must be at least 1"),
+        ("--min-duration", "9", "--min-duration 9.0 is longer than --max-duration 7.0"),
     ],
 )
 def test_bad_subtitle_options_are_usage_errors(tmp_path: Path, option: str, value: str, message: str) -> None:

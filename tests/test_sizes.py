@@ -166,7 +166,7 @@ def test_not_cached_and_offline_is_one_line(offline_hub: Path, name: str) -> Non
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"model '{name}' is not installed and could not be downloaded from the Hugging Face hub")
-    assert f"openai/whisper-{name}" in message and "Connect to the internet once" in message
+    assert f"openai/whisper-{name}" in message and "connect to the internet once" in message
 
 
 def cache_snapshot(cache: Path, repo: str, model_dir: Path) -> Path:
