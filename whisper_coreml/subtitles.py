@@ -4,13 +4,19 @@ Whisper's segments are not subtitles (they run 10-25 s and ignore reading speed)
 writers never see segments directly: they see `Cue`s, built either under `CueRules` (the
 default, `build_cues`) or one per segment (`raw_cues`, for users who want Whisper's own
 segmentation). `check_cues` names every rule a list of cues breaks, and why when it could not
-be helped, so tests and reports measure the same thing the builder aims for.
+be helped, so tests and reports measure the same thing the builder aims for; `report_cues`
+sums that up per file for the CLI's summary and `--report` JSON.
 
 The builder works on chunks: runs of words with no allowed break inside (a word, "42-line",
 or CJK characters glued to their closing punctuation). It picks cue breaks by dynamic
 programming over chunk boundaries, preferring sentence ends, then clause punctuation, then
 pauses, then balanced cues; lays each cue out in the fewest balanced lines; and finally times
 the cues on the frame grid, extending short or dense cues into the following gap.
+
+max_duration and min_duration are hard limits. A word spoken (or aligned) over more than
+max_duration is shown again in further cues that share its span; a cue too short for
+min_duration starts earlier or delays the next cue. Only the media's end can leave a cue
+short. Reading speed and one-word cues are soft: the builder avoids them, the report counts them.
 """
 
 from __future__ import annotations
@@ -28,12 +34,16 @@ from whisper_coreml.timecode import DEFAULT_FRAME_RATE, FrameRate
 @dataclass(frozen=True)
 class Cue:
     """One subtitle on screen: its span in seconds, its lines as displayed, and the words
-    (with their own times) it was built from, when word timestamps were computed."""
+    (with their own times) it was built from, when word timestamps were computed.
+
+    `continued` marks a cue that shows the previous cue's text again: a single word lasting
+    longer than max_duration is split by time, each piece showing the whole word."""
 
     start: float
     end: float
     lines: tuple[str, ...]
     words: tuple[Word, ...] = ()
+    continued: bool = False
 
     @property
     def text(self) -> str:
@@ -59,13 +69,28 @@ class CueRules:
             raise ValueError("max line width and max lines must be at least 1, the minimum gap at least 0 frames")
         if not self.max_cps > 0:
             raise ValueError(f"max characters per second must be positive, not {self.max_cps}")
-        if not 0 <= self.min_duration < self.max_duration:
+        if not 0 <= self.min_duration < self.max_duration < math.inf:
             raise ValueError(f"cue durations need 0 <= min ({self.min_duration:g} s) < max ({self.max_duration:g} s)")
+        if self.shortest_frames > self.longest_frames:
+            raise ValueError(
+                f"no whole number of {self.fps.name} fps frames lies between the minimum ({self.min_duration:g} s)"
+                f" and maximum ({self.max_duration:g} s) cue duration"
+            )
 
     @property
     def min_gap(self) -> float:
         """The shortest time between two cues, in seconds."""
         return float(self.min_gap_frames * self.fps.frame_duration)
+
+    @property
+    def shortest_frames(self) -> int:
+        """min_duration rounded up to whole frames (at least one): the shortest cue built."""
+        return max(math.ceil(self.min_duration / self.fps.frame_duration - 1e-9), 1)
+
+    @property
+    def longest_frames(self) -> int:
+        """max_duration rounded down to whole frames: the longest cue built."""
+        return math.floor(self.max_duration / self.fps.frame_duration + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -75,7 +100,7 @@ class Violation:
     an empty reason means the rule was broken by choice and is a bug in the builder."""
 
     index: int
-    rule: str  # a CueRules field name, or "min_gap" for cues closer than min_gap_frames
+    rule: str  # a CueRules field name, "min_gap" for cues closer than min_gap_frames, or "one_word"
     value: float
     limit: float
     reason: str = ""
@@ -304,7 +329,8 @@ def _cue_spans(chunks: list[_Chunk], rules: CueRules, media_end: float) -> list[
     """The cheapest partition of the chunks into cues, by dynamic programming over breaks.
 
     A cue must fit in max_lines lines and last at most max_duration; a cue of one chunk is
-    always allowed, so a word too long for either rule still gets shown."""
+    always allowed, so a word too long for either rule still gets shown (`build_cues` then
+    splits a word longer than max_duration by time)."""
     n = len(chunks)
     best = [0.0] + [math.inf] * n
     choice = [0] * (n + 1)
@@ -357,51 +383,107 @@ def _layout(chunks: list[_Chunk], rules: CueRules) -> tuple[str, ...]:
     return tuple(lines[::-1])
 
 
+@dataclass(frozen=True)
+class _Draft:
+    """A cue before timing, in frames: where its speech starts and ends, and how long its text
+    wants to stay up (min_duration and reading speed)."""
+
+    first: int
+    spoken: int
+    wanted: int
+    lines: tuple[str, ...]
+    words: tuple[Word, ...]
+    continued: bool = False
+
+
+def _pieces(first: int, spoken: int, rules: CueRules) -> list[tuple[int, int]]:
+    """The frame spans a single word's cue is shown in. A word held longer than max_duration is
+    split into even pieces (each showing the whole word: cutting a word's letters apart would
+    show fragments nobody said) when what max_duration leaves is at least min_duration; a
+    shorter rest is cut, as it would only flash. Pieces are as many as max_duration needs, fewer
+    if they would fall under min_duration (the timing then cuts each to max_duration)."""
+    shortest, longest, gap = rules.shortest_frames, rules.longest_frames, rules.min_gap_frames
+    span = spoken - first
+    if span - longest - gap < shortest:
+        return [(first, spoken)]
+    n = min(math.ceil((span + gap) / (longest + gap)), (span + gap) // (shortest + gap))
+    bounds = [first + p * (span + gap) // n for p in range(n + 1)]
+    return [(bounds[p], bounds[p + 1] - gap) for p in range(n)]
+
+
+def _frame_times(drafts: list[_Draft], rules: CueRules, media_end: int | None) -> list[tuple[int, int]]:
+    """(start, end) frames for each draft, in one pass. Hard: ends follow starts by min_gap
+    frames, every cue lasts shortest..longest frames, and each ends early enough for the cues
+    after it to fit before `media_end` at their shortest. Soft: a cue starts with its speech and
+    stays up until its speech ends and its text is read, but only into the gap before the
+    next cue's speech. A cue still too short starts earlier, into the gap before it, then
+    delays the next cue; only the media's end can leave it short."""
+    shortest, longest, gap = rules.shortest_frames, rules.longest_frames, rules.min_gap_frames
+    latest: list[float] = []
+    bound = math.inf if media_end is None else float(media_end)
+    for _ in drafts:
+        latest.append(bound)
+        bound -= shortest + gap
+    latest.reverse()
+    times: list[tuple[int, int]] = []
+    for k, draft in enumerate(drafts):
+        earliest = times[-1][1] + gap if times else 0
+        start = int(max(earliest, min(draft.first, latest[k] - shortest)))
+        free = drafts[k + 1].first - gap if k + 1 < len(drafts) else latest[k]
+        end = min(max(draft.spoken, start + draft.wanted), free, start + longest, latest[k])
+        if end - start < shortest:
+            start = max(earliest, end - shortest)
+            end = min(max(end, start + shortest), latest[k])
+        times.append((start, int(max(end, start + 1))))
+    return times
+
+
 def build_cues(result: TranscriptionResult, rules: CueRules | None = None) -> tuple[Cue, ...]:
     """Subtitle cues for `result` under `rules` (`--cues rules`, the default).
 
     Cue times sit on the `rules.fps` frame grid. A cue starts with its first word and ends
-    with its last, extended (never past the next cue minus the minimum gap, nor the media's
-    end, nor max_duration) until it lasts min_duration and is slow enough to read."""
+    with its last, extended (never past the next cue's first word minus the minimum gap, nor
+    the media's end) until it lasts min_duration and is slow enough to read; no cue lasts
+    longer than max_duration, and none shorter than min_duration unless the media ends first
+    (see `_frame_times` and `_pieces`)."""
     rules = rules or CueRules()
     chunks = _chunks(result)
     media_end = result.duration if result.duration > 0 else math.inf
     spans = _cue_spans(chunks, rules, media_end)
-    fps, frame, gap = rules.fps, float(rules.fps.frame_duration), rules.min_gap_frames
-    longest = math.floor(rules.max_duration / frame + 1e-9)
-    starts = [fps.to_frames(chunks[i].start) for i, _ in spans]
-    cues: list[Cue] = []
-    end = -math.inf
-    for k, (i, j) in enumerate(spans):
+    fps, frame = rules.fps, float(rules.fps.frame_duration)
+    drafts: list[_Draft] = []
+    for i, j in spans:
         lines = _layout(chunks[i:j], rules)
-        start = max(starts[k], end + gap)
-        if k + 1 < len(spans):
-            limit = starts[k + 1] - gap
-        else:
-            limit = fps.to_frames(media_end) if media_end < math.inf else math.inf
-        spoken = max(fps.to_frames(chunks[j - 1].end), start + 1)
-        if j > i + 1:  # rounding both ends to frames must not push a cue past max_duration
-            spoken = min(spoken, start + longest)
-        wanted = math.ceil(max(rules.min_duration, _reading_chars(lines) / rules.max_cps) / frame - 1e-9)
-        end = max(min(max(spoken, start + min(wanted, longest)), limit), start + 1)
         words = tuple(w for c in chunks[i:j] for w in c.words)
-        cues.append(Cue(float(fps.to_seconds(start)), float(fps.to_seconds(end)), lines, words))
-    return tuple(cues)
+        first = fps.to_frames(chunks[i].start)
+        spoken = max(fps.to_frames(chunks[j - 1].end), first + 1)
+        wanted = math.ceil(max(rules.min_duration, _reading_chars(lines) / rules.max_cps) / frame - 1e-9)
+        pieces = _pieces(first, spoken, rules) if j == i + 1 else [(first, spoken)]
+        drafts += [_Draft(a, z, wanted, lines, words, p > 0) for p, (a, z) in enumerate(pieces)]
+    end = fps.to_frames(media_end) if media_end < math.inf else None
+    return tuple(
+        Cue(float(fps.to_seconds(a)), float(fps.to_seconds(z)), d.lines, d.words, d.continued)
+        for d, (a, z) in zip(drafts, _frame_times(drafts, rules, end), strict=True)
+    )
 
 
 def check_cues(cues: Sequence[Cue], rules: CueRules, media_end: float | None = None) -> list[Violation]:
-    """Every rule every cue breaks. A reason is given where the cue could not have obeyed:
-    too fast or too short when the next cue (or `media_end`) or max_duration left no room to
-    stretch it, too wide or too long when it is a single unbreakable word."""
+    """Every rule every cue breaks, plus "one_word" for a cue showing a single word that is
+    not a sentence by itself ("Printing," or "of", not "Yes." or a heading's "1."). A reason
+    is given where the cue could not have obeyed: too fast when the next cue (or `media_end`)
+    or max_duration left no room to stretch it, too short when the cues left could not all
+    last min_duration before `media_end`, too wide when it is a single unbreakable word, alone
+    when pauses or full cues set it apart from both neighbours (see `_alone`); the pieces of a
+    word split by time are not one-word cues (`report_cues` counts them as split words). A cue
+    over max_duration is never excused: the builder splits it."""
     found = []
     gap, frame, tol = rules.min_gap, float(rules.fps.frame_duration), 1e-6
+    # the media's end on the frame grid, as build_cues clamps the last cue to it
+    end_of_media = math.inf if media_end is None else float(rules.fps.to_seconds(rules.fps.to_frames(media_end)))
     for k, cue in enumerate(cues):
-        # the media's end on the frame grid, as build_cues clamps the last cue to it
-        end_of_media = math.inf if media_end is None else float(rules.fps.to_seconds(rules.fps.to_frames(media_end)))
         room = cues[k + 1].start - gap if k + 1 < len(cues) else end_of_media
         duration = cue.end - cue.start
-        blocked = cue.end >= room - tol
-        boxed = blocked or duration + frame > rules.max_duration  # no frame left to stretch it
+        boxed = cue.end >= room - tol or duration + frame > rules.max_duration  # no frame left to stretch it
         wide = [line for line in cue.lines if display_width(line) > rules.max_line_width]
         unbreakable = all(len(_split_text(line)) == 1 for line in wide)
         cps = _reading_chars(cue.lines) / duration if duration > 0 else math.inf
@@ -414,11 +496,119 @@ def check_cues(cues: Sequence[Cue], rules: CueRules, media_end: float | None = N
         reasons = {
             "max_line_width": "a single word is wider than a line" if unbreakable else "",
             "max_cps": "speech is faster than the reading speed" if boxed else "",
-            "max_duration": "a single word lasts longer" if len(_split_text(cue.text)) == 1 else "",
         }
         found += [Violation(k, rule, v, limit, reasons.get(rule, "")) for rule, v, limit in checks if v > limit + tol]
         if duration < rules.min_duration - tol:
-            found.append(Violation(k, "min_duration", duration, rules.min_duration, "the next cue follows" * blocked))
+            earliest, left = cues[k - 1].end + gap if k else 0.0, len(cues) - k
+            crowded = end_of_media - earliest < left * rules.shortest_frames * frame + (left - 1) * gap - tol
+            found.append(Violation(k, "min_duration", duration, rules.min_duration, "the media ends" * crowded))
+        held = cue.continued or (k + 1 < len(cues) and cues[k + 1].continued)  # report_cues counts these
+        if len(_split_text(cue.text)) == 1 and not held and not _sentence_end(cue.text):
+            found.append(Violation(k, "one_word", 1, 2, _alone(cues, k, rules)))
         if k + 1 < len(cues) and cues[k + 1].start - cue.end < gap - tol:
             found.append(Violation(k, "min_gap", cues[k + 1].start - cue.end, gap))
     return found
+
+
+def _spoken(cue: Cue) -> tuple[float, float]:
+    """When the cue's words are spoken, or its own span when it has no word times."""
+    return (cue.words[0].start, cue.words[-1].end) if cue.words else (cue.start, cue.end)
+
+
+def _alone(cues: Sequence[Cue], k: int, rules: CueRules) -> str:
+    """Why cue `k`, a single word, could not share a cue with a neighbour, or "" if it could."""
+    if all(_apart(cues, *sorted((k, other)), rules) for other in (k - 1, k + 1)):
+        return "pauses or full cues on both sides"
+    return ""
+
+
+def _apart(cues: Sequence[Cue], a: int, b: int, rules: CueRules) -> bool:
+    """Must cues `a` and `b` (next to each other) stay apart: one of them does not exist, a
+    pause the builder reads as a boundary lies between them, or together they would last
+    longer than max_duration or need more than max_lines lines?"""
+    if a < 0 or b >= len(cues):
+        return True
+    (start, end), (next_start, next_end) = _spoken(cues[a]), _spoken(cues[b])
+    if next_start - end >= _PAUSE or next_end - start > rules.max_duration:
+        return True
+    chunks = [_Chunk(piece, 0.0, 0.0, (), False) for piece in _split_text(" ".join(cues[a].lines + cues[b].lines))]
+    return _greedy_lines(chunks, 0, len(chunks), rules.max_line_width) > rules.max_lines
+
+
+# --- the per-file report --------------------------------------------------------------------
+
+# rule: (one, many, worst), in the order the summary lists them; "split_word" is the report's own
+_PHRASES = {
+    "max_cps": ("cue over {limit:g} cps", "cues over {limit:g} cps", "worst {worst:.1f}"),
+    "one_word": ("one-word cue", "one-word cues", ""),
+    "min_duration": ("cue under {limit:.2f} s", "cues under {limit:.2f} s", "shortest {worst:.2f} s"),
+    "max_duration": ("cue over {limit:g} s", "cues over {limit:g} s", "longest {worst:.2f} s"),
+    "max_lines": ("cue over {limit:g} lines", "cues over {limit:g} lines", "most {worst:g}"),
+    "max_line_width": ("cue wider than {limit:g} columns", "cues wider than {limit:g} columns", "widest {worst:g}"),
+    "min_gap": ("gap under {limit:.2f} s", "gaps under {limit:.2f} s", "shortest {worst:.2f} s"),
+    "split_word": (
+        "word over {limit:g} s split by time",
+        "words over {limit:g} s split by time",
+        "longest {worst:.1f} s",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RuleReport:
+    """One rule's exceptions in one file: how many, the worst value against the limit (the
+    lowest for min_* rules; None for one-word cues, which have no measure), and where."""
+
+    rule: str  # a `Violation.rule`, or "split_word": a word shown in several cues
+    count: int
+    worst: float | None
+    limit: float
+    at: tuple[float, ...]  # start of each cue concerned, seconds
+
+    def phrase(self) -> str:
+        """The count and what it counts, e.g. "3 cues over 20 cps (worst 24.1)"."""
+        one, many, worst = _PHRASES[self.rule]
+        text = f"{self.count} {(one if self.count == 1 else many).format(limit=self.limit)}"
+        return f"{text} ({worst.format(worst=self.worst)})" if worst else text
+
+    def to_dict(self) -> dict[str, object]:
+        worst = None if self.worst is None else round(self.worst, 3)
+        return {"count": self.count, "worst": worst, "limit": self.limit, "at": [round(t, 3) for t in self.at]}
+
+
+@dataclass(frozen=True)
+class CueReport:
+    """What one file's cues could not keep to: for the CLI summary and `--report` JSON, so a
+    reading-speed exception or a one-word cue is reported, never silently accepted."""
+
+    cues: int
+    exceptions: tuple[RuleReport, ...]  # only rules with exceptions, in summary order
+
+    def summary(self) -> str:
+        """One line, e.g. "3 cues over 20 cps (worst 24.1), 1 one-word cue"; empty when none."""
+        return ", ".join(e.phrase() for e in self.exceptions)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"cues": self.cues, "exceptions": {e.rule: e.to_dict() for e in self.exceptions}}
+
+
+def report_cues(cues: Sequence[Cue], rules: CueRules, media_end: float | None = None) -> CueReport:
+    """The exceptions `check_cues` finds in `cues` (pass the media's duration as `media_end`),
+    per rule, and the words held so long they were split by time."""
+    found: dict[str, list[tuple[int, float]]] = {}
+    limits = {"split_word": rules.max_duration}
+    for v in check_cues(cues, rules, media_end):
+        found.setdefault(v.rule, []).append((v.index, v.value))
+        limits[v.rule] = v.limit
+    for k, cue in enumerate(cues):
+        if not cue.continued and k + 1 < len(cues) and cues[k + 1].continued:
+            last = next((j for j in range(k + 1, len(cues)) if not cues[j].continued), len(cues)) - 1
+            found.setdefault("split_word", []).append((k, cues[last].end - cue.start))
+    exceptions = []
+    for rule in filter(found.__contains__, _PHRASES):
+        values = [value for _, value in found[rule]]
+        worst = None if rule == "one_word" else min(values) if rule.startswith("min_") else max(values)
+        exceptions.append(
+            RuleReport(rule, len(values), worst, limits[rule], tuple(cues[k].start for k, _ in found[rule]))
+        )
+    return CueReport(len(cues), tuple(exceptions))
