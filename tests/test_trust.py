@@ -462,3 +462,26 @@ def test_catalog_pins_package_files_and_names_the_extra_offline(
         _hub_snapshot(CatalogEntry("base", "openai/whisper-base", (missing,)))
     with pytest.raises(ModelError, match=r"^\./missing_dir/: no such model file or folder$"):
         resolve_weights("./missing_dir/")
+
+
+# --- 7. cue rules that hold ---------------------------------------------------------------
+
+
+def test_cue_durations_are_hard_limits_and_exceptions_are_reported(tmp_path: Path, shared: Path) -> None:
+    """tiny.en on German writes long garbled words: cues of 11.08 s and 7.04 s came out before."""
+    clip = tmp_path / "de.mp3"
+    clip.write_bytes((shared / "speech" / "multi" / "librivox_de_simplicissimus.mp3").read_bytes())
+    result = run(clip, "-f", "srt", "--report", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    cues = list(srt.parse((tmp_path / "de.srt").read_text()))
+    spans = [(c.end - c.start).total_seconds() for c in cues]
+    print(f"German with tiny.en: {len(cues)} cues, {min(spans):.2f}-{max(spans):.2f} s")
+    assert max(spans) <= 7.0
+    assert all(span >= 5 / 6 - 0.001 for span in spans[:-1])
+    (outcome,) = json.loads((tmp_path / "r.json").read_text())["outcomes"]
+    assert outcome["cues"]["cues"] == len(cues)
+    for rule, found in outcome["cues"]["exceptions"].items():  # whatever is left is named, counted and located
+        assert found["count"] == len(found["at"]) >= 1, rule
+        assert rule in ("max_cps", "one_word", "split_word", "min_duration")
+    if outcome["cues"]["exceptions"]:
+        assert "cue rules not kept: " in result.stderr

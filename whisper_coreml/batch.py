@@ -31,7 +31,8 @@ from .errors import NoAudioTrack, WhisperCoreMLError
 from .journal import FileJournal
 from .locks import Claim, try_claim
 from .records import Record, State, input_identity, settings_key
-from .writers import WriteOptions, cues_for, get_writer, output_settings, write_result
+from .subtitles import report_cues
+from .writers import SUBTITLE_FORMATS, WriteOptions, cues_for, get_writer, output_settings, write_result
 from .writers.atomic import atomic_write_text
 from .writers.fcpxml import fcpxml_options_for
 
@@ -442,6 +443,9 @@ class _Batch:
                     journal.finish(result)
             result = replace(result, source=source)
             cues = cues_for(result, work.write)
+            report = None
+            if work.write.cues == "rules" and any(fmt in SUBTITLE_FORMATS for fmt, _ in work.todo):
+                report = report_cues(cues, work.write.rules, result.duration)
             written = {}
             for fmt, target in work.todo:
                 write_result(result, fmt, target, work.write, cues)
@@ -460,6 +464,8 @@ class _Batch:
                 journal.close()
             work.claim.release()
         notes = work.notes + (() if result.text.strip() else ("no speech found",))
+        if report is not None and report.exceptions:
+            notes += (f"cue rules not kept: {report.summary()}",)
         if self.unlike_english(result):
             notes += (
                 f"warning: this does not sound like English, and {self.settings.model} is an English-only model; "
@@ -475,6 +481,7 @@ class _Batch:
             outputs=tuple(str(p) for _, p in job.targets),
             notes=notes,
             resumed_at=journal.resumed_at if journal is not None else None,
+            cues=report.to_dict() if report is not None else None,
             windows=journal.windows if journal is not None else 0,
         )
 

@@ -267,6 +267,17 @@ def transcribe_command(
     raise typer.Exit(result.exit_code)
 
 
+def _exceptions(cues: dict | None) -> str:
+    """A report's cue exceptions in a table cell: "3 max_cps (worst 24.1), 1 one_word"."""
+    if not cues:
+        return "-"
+    parts = []
+    for rule, found in cues["exceptions"].items():
+        worst = f" (worst {found['worst']:g})" if found["worst"] is not None else ""
+        parts.append(f"{found['count']} {rule}{worst}")
+    return ", ".join(parts) or "none"
+
+
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{option} {value}: choose one of {', '.join(choices)}")
@@ -373,11 +384,12 @@ class _Presenter:
             from .batch import STATUSES
 
             table = Table(box=None, title="summary", title_justify="left")
-            for column in ("file", "duration", "status", "time"):
+            for column in ("file", "duration", "status", "time", "cue exceptions"):
                 table.add_column(column)
             for o in report.outcomes:
                 duration = f"{o.duration:.1f} s" if o.duration is not None else "-"
-                table.add_row(o.source, duration, o.status, f"{o.seconds:.1f} s" if o.seconds else "-")
+                exceptions = _exceptions(o.cues)
+                table.add_row(o.source, duration, o.status, f"{o.seconds:.1f} s" if o.seconds else "-", exceptions)
             stderr.print(table)
             counts = ", ".join(f"{report.count(s)} {s}" for s in STATUSES if report.count(s) or s in ("done", "failed"))
             stderr.print(counts, markup=False)
