@@ -1,4 +1,5 @@
-"""A converted model on disk: `encoder.mlpackage`, `decoder.mlpackage`, `manifest.json`, `tokenizer.json`.
+"""A converted model on disk: `encoder.mlpackage`, `decoder.mlpackage`, `manifest.json`, `tokenizer.json`,
+and (for beam search) `decoder_beam.mlpackage`.
 
 The manifest records what the converter produced (dimensions, special tokens, alignment heads,
 precision, I/O names/shapes/dtypes, states, versions, and the size and SHA-256 of every file),
@@ -26,6 +27,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ENCODER = "encoder.mlpackage"
 DECODER = "decoder.mlpackage"
+BEAM_DECODER = "decoder_beam.mlpackage"
 TOKENIZER = "tokenizer.json"
 
 PRECISIONS = ("float16", "float32")
@@ -104,6 +106,8 @@ class Manifest:
     source: dict[str, str]
     versions: dict[str, str]
     traffic: dict[str, int] = field(default_factory=dict)
+    beam_size: int = 0  # rows of decoder_beam.mlpackage; 0: the bundle has no beam decoder
+    beam_decoder: ModelIO | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -132,6 +136,8 @@ class Manifest:
             source={str(k): str(v) for k, v in d["source"].items()},
             versions={str(k): str(v) for k, v in d["versions"].items()},
             traffic={str(k): int(v) for k, v in d.get("traffic", {}).items()},
+            beam_size=int(d.get("beam_size", 0)),
+            beam_decoder=ModelIO.from_dict(d["beam_decoder"]) if d.get("beam_decoder") else None,
             format=str(d["format"]),
             format_version=int(d["format_version"]),
         )
@@ -223,6 +229,10 @@ class Bundle:
         return self.path / DECODER
 
     @property
+    def beam_decoder_path(self) -> Path | None:
+        return self.path / BEAM_DECODER if self.manifest.beam_decoder is not None else None
+
+    @property
     def tokenizer_path(self) -> Path:
         return self.path / TOKENIZER
 
@@ -231,7 +241,7 @@ class Bundle:
         return self.manifest.dims
 
     def compiled_path(self, package: str) -> Path:
-        """Where the compiled `.mlmodelc` of `encoder.mlpackage` or `decoder.mlpackage` sits."""
+        """Where the compiled `.mlmodelc` of one of the bundle's `.mlpackage`s sits."""
         return self.path / package.replace(".mlpackage", ".mlmodelc")
 
     def tokenizer(self) -> Tokenizer:
@@ -294,7 +304,7 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     """Read `manifest.json` and check every file against it; raise ModelError (one line) on any mismatch.
 
     Checks: manifest present, parseable and of this format version; tokenizer present and
-    matching the vocabulary; both packages present; their declared inputs, outputs and states
+    matching the vocabulary; every package present (the beam decoder if the manifest lists one); their declared inputs, outputs and states
     (names, shapes, dtypes) equal to the manifest's; every file present with its recorded size;
     and, with `verify_checksums`, its recorded SHA-256.
     """
@@ -302,7 +312,10 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     manifest = read_manifest(path)
     if not (path / TOKENIZER).is_file():
         raise ModelError(f"{path}: {TOKENIZER} is missing; the bundle needs the model's tokenizer beside {MANIFEST}")
-    for package, declared in ((ENCODER, manifest.encoder), (DECODER, manifest.decoder)):
+    packages = [(ENCODER, manifest.encoder), (DECODER, manifest.decoder)]
+    if manifest.beam_decoder is not None:
+        packages.append((BEAM_DECODER, manifest.beam_decoder))
+    for package, declared in packages:
         if not (path / package).is_dir():
             raise ModelError(f"{path}: {package} is missing")
         _check_io(path, package, declared, describe_package(path / package))
