@@ -1,5 +1,9 @@
-"""A converted model on disk: `encoder.mlpackage`, `decoder.mlpackage`, `manifest.json`, `tokenizer.json`,
-and (for beam search) `decoder_beam.mlpackage`.
+"""A converted model on disk: `encoder.mlpackage`, `decoder.mlpackage`, `manifest.json`, `tokenizer.json`.
+
+The beam decoder (several rows per call, for beam search) is the `beam` function of the
+stateful `decoder.mlpackage` (a multifunction package: both functions share one copy of the
+weights), or for the stateless macOS 13/14 decoder, which cannot have functions, a package of
+its own, `decoder_beam.mlpackage`.
 
 The manifest records what the converter produced (dimensions, special tokens, alignment heads,
 precision, I/O names/shapes/dtypes, states, versions, and the size and SHA-256 of every file),
@@ -27,7 +31,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ENCODER = "encoder.mlpackage"
 DECODER = "decoder.mlpackage"
-BEAM_DECODER = "decoder_beam.mlpackage"
+BEAM_DECODER = "decoder_beam.mlpackage"  # the stateless beam decoder
+BEAM_FUNCTION = "beam"  # the stateful beam decoder, a function of decoder.mlpackage
 TOKENIZER = "tokenizer.json"
 
 PRECISIONS = ("float16", "float32")
@@ -171,8 +176,8 @@ def _feature(feature: Any) -> TensorInfo:
     return TensorInfo(feature.name, tuple(int(d) for d in array.shape), dtype)
 
 
-def describe_package(path: Path) -> ModelIO:
-    """The declared interface of a saved `.mlpackage`, read from its model description."""
+def describe_package(path: Path, function: str | None = None) -> ModelIO:
+    """The declared interface of a saved `.mlpackage` (of `function` in a multifunction package, else its default)."""
     try:
         import_coremltools()
         from coremltools.models.utils import load_spec
@@ -181,6 +186,11 @@ def describe_package(path: Path) -> ModelIO:
     try:
         spec = load_spec(str(path))
         desc = spec.description
+        if desc.functions:
+            wanted = function or desc.defaultFunctionName
+            desc = next(f for f in desc.functions if f.name == wanted)
+        elif function is not None:
+            raise ValueError(f"no function '{function}'")
         return ModelIO(
             tuple(_feature(f) for f in desc.input),
             tuple(_feature(f) for f in desc.output),
@@ -229,8 +239,11 @@ class Bundle:
         return self.path / DECODER
 
     @property
-    def beam_decoder_path(self) -> Path | None:
-        return self.path / BEAM_DECODER if self.manifest.beam_decoder is not None else None
+    def beam_decoder(self) -> tuple[Path, str | None] | None:
+        """The beam decoder's package and function (None: the package's only one), if the bundle has one."""
+        if self.manifest.beam_decoder is None:
+            return None
+        return beam_location(self.path, self.manifest.stateful)
 
     @property
     def tokenizer_path(self) -> Path:
@@ -247,6 +260,11 @@ class Bundle:
     def tokenizer(self) -> Tokenizer:
         dims = self.manifest.dims
         return Tokenizer(self.tokenizer_path, dims.n_vocab, dims.num_languages)
+
+
+def beam_location(root: Path, stateful: bool) -> tuple[Path, str | None]:
+    """Where a bundle's beam decoder lives: a function of the stateful decoder, or its own stateless package."""
+    return (root / DECODER, BEAM_FUNCTION) if stateful else (root / BEAM_DECODER, None)
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -312,13 +330,15 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     manifest = read_manifest(path)
     if not (path / TOKENIZER).is_file():
         raise ModelError(f"{path}: {TOKENIZER} is missing; the bundle needs the model's tokenizer beside {MANIFEST}")
-    packages = [(ENCODER, manifest.encoder), (DECODER, manifest.decoder)]
+    parts = [(ENCODER, None, manifest.encoder), (DECODER, None, manifest.decoder)]
     if manifest.beam_decoder is not None:
-        packages.append((BEAM_DECODER, manifest.beam_decoder))
-    for package, declared in packages:
+        package, function = beam_location(path, manifest.stateful)
+        parts.append((package.name, function, manifest.beam_decoder))
+    for package, function, declared in parts:
         if not (path / package).is_dir():
             raise ModelError(f"{path}: {package} is missing")
-        _check_io(path, package, declared, describe_package(path / package))
+        _check_io(path, package if function is None else f"{package}:{function}", declared,
+                  describe_package(path / package, function))
     for name, info in manifest.files.items():
         file = path / name
         if not file.is_file():

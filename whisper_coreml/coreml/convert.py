@@ -5,9 +5,10 @@ cross-attention keys/values out, once per 30-s window), `decoder.mlpackage` (one
 call, static shapes), `manifest.json` and `tokenizer.json`. For macOS 15 the decoder keeps its
 self-attention cache and the cross-attention keys/values as Core ML state; for macOS 13/14 it
 is stateless and the caller passes the cache in and gets the new slice out. With `beam_size`
-> 1 the bundle also holds `decoder_beam.mlpackage`: the same step for `beam_size` rows at
-once, which beam search (and best-of-N sampling with as many samples) runs; the stateful one
-reorders its cache rows itself, by a `beam` input, before each step.
+> 1 the bundle also holds a beam decoder: the same step for `beam_size` rows at once, which
+beam search (and best-of-N sampling with as many samples) runs. The stateful one reorders its
+cache rows itself, by a `beam` input, before each step, and is a second function of
+`decoder.mlpackage` sharing its weights; the stateless one is `decoder_beam.mlpackage`.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def convert(
 
     The default directory is `<models dir>/<name>-coreml`; `name` defaults to the catalog name.
     `beam_size` > 1 adds the beam decoder for that many beams (0 or 1: none; beam search then
-    runs one state per beam and copies them between steps, correct but slower).
+    runs the one-token decoder once per beam and copies caches between steps: same beams, slower).
     The bundle is assembled next to its destination and moved into place at the end, so an
     interrupted run leaves no half bundle.
     `compile` defaults to "on macOS"; elsewhere the report carries a note instead. `verbose`
@@ -278,16 +279,23 @@ def convert(
 
             say("tracing the decoder")
             decoder = _convert_decoder(ct, whisper, max_tokens, heads, stateful, float_dtype, target, decoder_precision)
-            finish(decoder, "decoder", B.DECODER, "Whisper text decoder, one token per call")
+            # A stateful decoder gets its beam function beside it in one package; the parts are saved apart first.
+            merge = stateful and beam_size > 1
+            one_token = f".one-token.{B.DECODER}" if merge else B.DECODER
+            finish(decoder, "decoder", one_token, "Whisper text decoder, one token per call")
             del decoder
             if beam_size > 1:
                 say(f"tracing the beam decoder ({beam_size} rows)")
                 decoder = _convert_decoder(
                     ct, whisper, max_tokens, heads, stateful, float_dtype, target, decoder_precision, beam_size
                 )
-                finish(decoder, "beam decoder", B.BEAM_DECODER, f"Whisper text decoder, {beam_size} beams per call")
+                beam_package = f".beam.{B.DECODER}" if merge else B.BEAM_DECODER
+                finish(decoder, "beam decoder", beam_package, f"Whisper text decoder, {beam_size} beams per call")
                 del decoder
-        packages = (B.ENCODER, B.DECODER, *((B.BEAM_DECODER,) if beam_size > 1 else ()))
+                if merge:
+                    say("joining the decoders into one package (shared weights)")
+                    _join_functions(ct, work, {"main": one_token, B.BEAM_FUNCTION: beam_package}, B.DECODER)
+        packages = (B.ENCODER, B.DECODER, *((B.BEAM_DECODER,) if beam_size > 1 and not stateful else ()))
         shutil.copyfile(tokenizer_file, work / B.TOKENIZER)
 
         say("writing the manifest")
@@ -312,7 +320,7 @@ def convert(
             versions=_versions(ct),
             traffic=traffic,
             beam_size=beam_size if beam_size > 1 else 0,
-            beam_decoder=B.describe_package(work / B.BEAM_DECODER) if beam_size > 1 else None,
+            beam_decoder=B.describe_package(*B.beam_location(work, stateful)) if beam_size > 1 else None,
         )
         (work / B.MANIFEST).write_text(B.dump_manifest(manifest))
 
@@ -442,6 +450,21 @@ def _convert_decoder(
         skip_model_load=True,
         **extra,
     )
+
+
+def _join_functions(ct: Any, work: Path, functions: dict[str, str], package: str) -> None:
+    """Save the packages `functions` ({function name: package}) as one multifunction `package` and delete them.
+
+    Identical weights are stored once, so the beam decoder costs the bundle almost nothing.
+    The first function is the default one (what a plain load runs).
+    """
+    descriptor = ct.utils.MultiFunctionDescriptor()
+    for function, source in functions.items():
+        descriptor.add_function(str(work / source), src_function_name="main", target_function_name=function)
+    descriptor.default_function_name = next(iter(functions))
+    ct.utils.save_multifunction(descriptor, str(work / package))
+    for source in functions.values():
+        shutil.rmtree(work / source)
 
 
 def vocabulary_op(op: Any, n_vocab: int) -> bool:

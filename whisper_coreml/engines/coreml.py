@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..coreml import import_coremltools
-from ..coreml.bundle import BEAM_DECODER, DECODER, ENCODER, Bundle
+from ..coreml.bundle import DECODER, ENCODER, Bundle
 from ..errors import ModelError
 from .mil import BundleEngine, EncodedWindow, StepSession
 
@@ -78,9 +78,10 @@ class CoreMLEngine(BundleEngine):
         try:
             self.encoder = ct.models.CompiledMLModel(str(compiled_model_path(self.bundle, ENCODER)), cu)
             self.decoder_model = ct.models.CompiledMLModel(str(compiled_model_path(self.bundle, DECODER)), cu)
+            beam = self.bundle.beam_decoder
             self.beam_model = (
-                ct.models.CompiledMLModel(str(compiled_model_path(self.bundle, BEAM_DECODER)), cu)
-                if self.bundle.beam_decoder_path is not None
+                ct.models.CompiledMLModel(str(compiled_model_path(self.bundle, beam[0].name)), cu, function_name=beam[1])
+                if beam is not None
                 else None
             )
         except Exception as e:

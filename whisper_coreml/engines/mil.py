@@ -1,7 +1,7 @@
 """The `mil` engine: a converted bundle, run by the numpy reference executor (`coreml.mil`), on any OS.
 
 It drives the converted `encoder.mlpackage`, `decoder.mlpackage` and (for a batch of the beam
-size) `decoder_beam.mlpackage` exactly as the Core ML engine does on a Mac (same inputs, same
+size) the beam decoder exactly as the Core ML engine does on a Mac (same inputs, same
 state handling), so a bundle can be checked and used where Core ML is not available. The
 session logic here is shared with `engines.coreml`.
 """
@@ -326,8 +326,8 @@ class MilEngine(BundleEngine):
         super().__init__(bundle, verify_checksums)
         self.encoder = MilProgram.load(self.bundle.encoder_path)
         self.decoder_program = MilProgram.load(self.bundle.decoder_path, blas_threads=1)
-        beam = self.bundle.beam_decoder_path
-        self.beam_program = MilProgram.load(beam, blas_threads=1) if beam is not None else None
+        beam = self.bundle.beam_decoder
+        self.beam_program = MilProgram.load(beam[0], 1, beam[1] or "main") if beam is not None else None
 
     def encode(self, mel: np.ndarray) -> EncodedWindow:
         return self._window(self.encoder.predict(self._mel(mel)))
