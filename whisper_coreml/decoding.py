@@ -44,7 +44,6 @@ class DecodingOptions:
     max_initial_timestamp: float | None = 1.0
     seed: int = 0  # sampling is reproducible run to run
 
-
     def __post_init__(self) -> None:
         if self.beam_size is not None and self.beam_size < 1:
             raise DecodingOptionsError(f"beam_size must be at least 1, got {self.beam_size}")

@@ -322,9 +322,10 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     """Read `manifest.json` and check every file against it; raise ModelError (one line) on any mismatch.
 
     Checks: manifest present, parseable and of this format version; tokenizer present and
-    matching the vocabulary; every package present (the beam decoder if the manifest lists one); their declared inputs, outputs and states
-    (names, shapes, dtypes) equal to the manifest's; every file present with its recorded size;
-    and, with `verify_checksums`, its recorded SHA-256.
+    matching the vocabulary; every package present (and the beam decoder if the manifest lists
+    one); their declared inputs, outputs and states (names, shapes, dtypes) equal to the
+    manifest's; every file present with its recorded size; and, with `verify_checksums`, its
+    recorded SHA-256.
     """
     path = Path(path).expanduser()
     manifest = read_manifest(path)
@@ -337,8 +338,12 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     for package, function, declared in parts:
         if not (path / package).is_dir():
             raise ModelError(f"{path}: {package} is missing")
-        _check_io(path, package if function is None else f"{package}:{function}", declared,
-                  describe_package(path / package, function))
+        _check_io(
+            path,
+            package if function is None else f"{package}:{function}",
+            declared,
+            describe_package(path / package, function),
+        )
     for name, info in manifest.files.items():
         file = path / name
         if not file.is_file():

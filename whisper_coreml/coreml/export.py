@@ -254,13 +254,15 @@ class _BeamStep(_DecoderStep):
         shape = (self.batch, self.n_head, self.head_dim)
         return tuple(_batch_heads(p(h), *shape) for p in (attn.query, attn.key, attn.value))  # type: ignore[return-value]
 
-    def self_attention(self, attn: MultiHeadAttention, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor):
+    def self_attention(
+        self, attn: MultiHeadAttention, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor
+    ) -> Tensor:
         """Each row's query over its own cache rows (B, n_head, T, head_dim)."""
         out, _ = _attention(q, keys, values, self.head_dim, mask)
         return x + attn.out(out.transpose(1, 2).reshape(self.batch, 1, self.n_state))
 
     def cross_rows(self, block: ResidualAttentionBlock, x: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention of all rows against one (n_head, n_audio_ctx, head_dim) copy; weights (n_head, B, n_audio_ctx)."""
+        """All rows' cross-attention over one (n_head, n_audio_ctx, head_dim) copy; weights (n_head, B, n_audio_ctx)."""
         cross: MultiHeadAttention = block.cross_attn  # type: ignore[assignment]
         q = cross.query(_layer_norm(block.cross_attn_ln, x)).reshape(self.batch, self.n_head, self.head_dim)
         out, weights = _attention(q.transpose(0, 1), k, v, self.head_dim)  # (n_head, B, head_dim)

@@ -79,11 +79,10 @@ class CoreMLEngine(BundleEngine):
             self.encoder = ct.models.CompiledMLModel(str(compiled_model_path(self.bundle, ENCODER)), cu)
             self.decoder_model = ct.models.CompiledMLModel(str(compiled_model_path(self.bundle, DECODER)), cu)
             beam = self.bundle.beam_decoder
-            self.beam_model = (
-                ct.models.CompiledMLModel(str(compiled_model_path(self.bundle, beam[0].name)), cu, function_name=beam[1])
-                if beam is not None
-                else None
-            )
+            self.beam_model = None
+            if beam is not None:
+                path = str(compiled_model_path(self.bundle, beam[0].name))
+                self.beam_model = ct.models.CompiledMLModel(path, cu, function_name=beam[1])
         except Exception as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelError(f"{self.bundle.path}: Core ML could not load the models ({reason})") from e

@@ -221,7 +221,7 @@ class StatefulBeamSession(StepSession):
 
 
 class StatelessBeamSession(StepSession):
-    """The macOS 13/14 beam decoder: every row in one call; the host's (n_layer, B, ...) caches are reordered by indexing."""
+    """The macOS 13/14 beam decoder: every row in one call; the host owns the caches and reorders them by indexing."""
 
     def __init__(
         self, program: Any, window: EncodedWindow, batch_size: int, cache_shape: tuple[int, ...], dtype: type
