@@ -112,9 +112,30 @@ def test_manifest_describes_the_model(bundle: Path, tiny_weights: Weights) -> No
 
 
 def test_converter_emits_only_implemented_ops(bundle: Path, stateless: Path) -> None:
-    for path in (bundle / "encoder.mlpackage", bundle / "decoder.mlpackage", stateless / "decoder.mlpackage"):
-        ops = set(MilProgram.load(path).op_types) - {"const"}
+    for path, function in (
+        (bundle / "encoder.mlpackage", "main"),
+        (bundle / "decoder.mlpackage", "main"),
+        (bundle / "decoder.mlpackage", "beam"),
+        (stateless / "decoder.mlpackage", "main"),
+        (stateless / "decoder_beam.mlpackage", "main"),
+    ):
+        ops = set(MilProgram.load(path, function=function).op_types) - {"const"}
         assert ops <= CONVERTER_OPS, sorted(ops - CONVERTER_OPS)
+
+
+def test_beam_decoder_shares_the_stateful_package(bundle: Path, stateless: Path) -> None:
+    """Stateful: a `beam` function inside decoder.mlpackage (no second copy of the weights); stateless: a package."""
+    m = B.load_bundle(bundle).manifest
+    assert m.beam_size == 5 and m.beam_decoder is not None
+    assert {t.name: t.shape for t in m.beam_decoder.inputs} == {"token": (5, 1), "position": (1,), "beam": (5,)}
+    assert m.beam_decoder.get("k_cache").shape == (4, 5, 6, 448, 64)
+    assert m.beam_decoder.get("cross_k").shape == (4, 6, 1500, 64)  # one copy for every beam
+    assert m.beam_decoder.get("logits").shape == (5, 1, 51864)
+    assert not (bundle / "decoder_beam.mlpackage").exists()
+    assert report_of(bundle)["decoder_bytes"] < 100e6  # what the one-token decoder alone takes
+    s = B.load_bundle(stateless).manifest
+    assert s.beam_size == 5 and (stateless / "decoder_beam.mlpackage").is_dir()
+    assert s.beam_decoder is not None and s.beam_decoder.get("k_cache").shape == (4, 5, 6, 448, 64)
 
 
 def test_float16_decoder_computes_the_vocabulary_in_float32(bundle: Path, stateless: Path) -> None:
@@ -122,8 +143,13 @@ def test_float16_decoder_computes_the_vocabulary_in_float32(bundle: Path, statel
     embedding matrix; everything else in the decoder is float16."""
     from whisper_coreml.coreml.mil import _load_program
 
-    for path in (bundle / "decoder.mlpackage", stateless / "decoder.mlpackage"):
-        ops = list(_load_program(path).functions["main"].operations)
+    for path, function in (
+        (bundle / "decoder.mlpackage", "main"),
+        (bundle / "decoder.mlpackage", "beam"),
+        (stateless / "decoder.mlpackage", "main"),
+        (stateless / "decoder_beam.mlpackage", "main"),
+    ):
+        ops = list(_load_program(path).functions[function].operations)
         vocabulary = [o for o in ops if o.op_type == "const" and o.outputs[0].shape == (51864, 384)]
         assert len(vocabulary) == 1 and vocabulary[0].outputs[0].val.dtype == np.float32
         linears = [o for o in ops if o.op_type == "linear"]
@@ -183,12 +209,45 @@ def test_stateless_variant_matches_stateful(stateless: Path, bundle: Path, mel: 
     assert (la.argmax(-1) == lb.argmax(-1)).all()
 
 
+@pytest.mark.parametrize("kind", ["stateful", "stateless"])
+def test_sessions_follow_reorder_like_torch(
+    kind: str, bundle: Path, stateless: Path, mel: np.ndarray, torch_engine: TorchEngine
+) -> None:
+    """Every session kind (beam decoder at batch 5, one-token decoder per sequence at 3) keeps the rows it is told."""
+    from whisper_coreml.engines import mil
+
+    engine = MilEngine(bundle if kind == "stateful" else stateless)
+    kinds = {
+        5: mil.StatefulBeamSession if kind == "stateful" else mil.StatelessBeamSession,
+        3: mil.StatefulSession if kind == "stateful" else mil.StatelessSession,
+    }
+    ours, theirs = engine.encode(mel), torch_engine.encode(mel)
+    rng = np.random.default_rng(0)
+    for batch, expected_kind in kinds.items():
+        a, b = engine.decoder(ours, batch), torch_engine.decoder(theirs, batch)
+        assert type(a) is expected_kind
+        tokens = np.tile([[50257, 50363, 314]], (batch, 1))
+        for _ in range(4):
+            got, expected = a.step(tokens), b.step(tokens)
+            assert (got.argmax(-1) == expected.argmax(-1)).all()
+            np.testing.assert_allclose(got, expected, atol=0.1)
+            rows = rng.integers(0, batch, batch)
+            a.reorder(rows)
+            b.reorder(rows)
+            tokens = rng.integers(0, 50000, (batch, 1))
+        assert a.alignment_weights.shape == (batch, 8, 6, 1500)
+        with pytest.raises(ValueError, match="reorder needs"):
+            a.reorder([0] * (batch + 1))
+
+
 def test_int8_bundle_transcribes(
     tmp_path_factory: pytest.TempPathFactory, tiny_weights: Weights, speech: Callable[[str], Path]
 ) -> None:
     from whisper_coreml.api import WhisperModel
 
-    path = converted(tmp_path_factory, tiny_weights, "tiny.en-coreml-int8", quantize="int8", max_tokens=224)
+    path = converted(
+        tmp_path_factory, tiny_weights, "tiny.en-coreml-int8", quantize="int8", max_tokens=224, beam_size=0
+    )
     report = report_of(path)
     assert report["total_bytes"] < 0.6 * report_of(tmp_path_factory.getbasetemp() / "tiny.en-coreml")["total_bytes"]
     engine = MilEngine(path)

@@ -208,8 +208,9 @@ def test_translate_spanish_equals_openai(
 
 
 def test_option_validation(tiny_model: wc.WhisperModel, base_model: wc.WhisperModel) -> None:
-    with pytest.raises(TypeError, match="beam_size"):
-        tiny_model.options(beam_size=5)
+    with pytest.raises(TypeError, match="beam_width"):
+        tiny_model.options(beam_width=5)
+    assert tiny_model.options(beam_size=5, patience=2.0).beam_size == 5
     with pytest.raises(ValueError, match="English-only"):
         tiny_model.options(language="de")
     with pytest.raises(ValueError, match="English-only"):

@@ -1,9 +1,10 @@
-"""Decoding one 30-s window: openai-whisper's greedy decoder and logit rules, engine-agnostic.
+"""Decoding one 30-s window: openai-whisper's greedy, best-of-N and beam search decoders and logit rules.
 
 The rules (blank and non-speech suppression, timestamp pairing and monotonicity, the initial
 timestamp cap, the timestamp-versus-text probability rule) are what make Whisper's timestamps
 usable for subtitles; they are reproduced here with openai-whisper's exact semantics, on numpy
-logits, so every engine decodes identically.
+logits, so every engine decodes identically. Beam search keeps `beam_size` live sequences in one decoder
+session and asks the engine to `reorder` its cached rows after every step.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .engines.base import Engine
+from .engines.base import DecoderSession, Engine
+from .errors import WhisperCoreMLError
 from .tokenizer import Tokenizer
 
 CHUNK_LENGTH = 30
@@ -31,6 +33,9 @@ class DecodingOptions:
     temperature: float = 0.0
     sample_len: int | None = None  # at most this many new tokens; default n_text_ctx // 2
     best_of: int = 1  # independent samples when temperature > 0; the likeliest wins
+    beam_size: int | None = None  # beam search at temperature 0 (None: greedy)
+    patience: float | None = None  # beam search stops after round(beam_size * patience) finished sequences
+    length_penalty: float | None = None  # None: rank by logprob / length; else Google NMT's ((5 + n) / 6) ** alpha
     prompt: tuple[int, ...] = ()  # previous text, after <|startofprev|>
     prefix: tuple[int, ...] = ()  # forced start of the current text
     suppress_tokens: str | Sequence[int] = "-1"  # "-1" = the non-speech symbols
@@ -38,6 +43,20 @@ class DecodingOptions:
     without_timestamps: bool = False
     max_initial_timestamp: float | None = 1.0
     seed: int = 0  # sampling is reproducible run to run
+
+    def __post_init__(self) -> None:
+        if self.beam_size is not None and self.beam_size < 1:
+            raise DecodingOptionsError(f"beam_size must be at least 1, got {self.beam_size}")
+        if self.patience is not None and self.beam_size is None:
+            raise DecodingOptionsError("patience needs beam_size (it only applies to beam search)")
+        if self.patience is not None and round((self.beam_size or 1) * self.patience) < 1:
+            raise DecodingOptionsError(f"patience {self.patience} leaves no finished sequence to wait for")
+        if self.length_penalty is not None and not 0 <= self.length_penalty <= 1:
+            raise DecodingOptionsError(f"length_penalty must be between 0 and 1, got {self.length_penalty}")
+
+
+class DecodingOptionsError(WhisperCoreMLError):
+    """Decoding options that contradict each other or are out of range."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,29 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     top = x.max(axis=-1, keepdims=True)
     return x - top - np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+
+
+def top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the `k` largest `values`, largest first; ties go to the lower index (deterministic)."""
+    k = min(k, len(values))
+    kth = np.partition(values, len(values) - k)[len(values) - k]
+    above = np.flatnonzero(values > kth)
+    tied = np.flatnonzero(values == kth)[: k - len(above)]
+    chosen = np.concatenate([above, tied])
+    return chosen[np.argsort(-values[chosen], kind="stable")]
+
+
+def rank(candidates: Sequence[Sequence[int]], sum_logprobs: Sequence[float], length_penalty: float | None) -> int:
+    """The candidate with the best length-normalised log-probability (openai-whisper's maximum likelihood ranker).
+
+    Without a penalty the sum is divided by the length; with one, by Google NMT's
+    ((5 + length) / 6) ** length_penalty, which favours longer sequences less as it falls to 0.
+    """
+    scores = []
+    for tokens, logprob in zip(candidates, sum_logprobs, strict=True):
+        n = len(tokens)
+        scores.append(logprob / (max(n, 1) if length_penalty is None else ((5 + n) / 6) ** length_penalty))
+    return int(np.argmax(scores))
 
 
 class LogitFilter(Protocol):
@@ -144,7 +186,7 @@ def detect_language(engine: Engine, features: Any, tokenizer: Tokenizer) -> tupl
 
 
 class WindowDecoder:
-    """Greedy (T=0) or best-of-N sampling (T>0) decoding of one window, openai-whisper style."""
+    """Greedy or beam search (T=0), or best-of-N sampling (T>0) decoding of one window, openai-whisper style."""
 
     def __init__(self, engine: Engine, tokenizer: Tokenizer, options: DecodingOptions) -> None:
         self.engine = engine
@@ -183,18 +225,52 @@ class WindowDecoder:
         return sorted(set(ids))
 
     def decode(self, features: Any) -> DecodingResult:
-        """Decode `features`; with best_of > 1 at T > 0, the likeliest of the samples wins."""
+        """Decode `features`: beam search at T = 0 with a beam size, else greedy or best-of-N sampling.
+
+        Whatever the search, every candidate is ranked the same way (`rank`), and the no-speech
+        probability is read at the start-of-transcript token of the first step.
+        """
         options = self.options
-        n = options.best_of if options.temperature > 0 else 1
-        eot = self.tokenizer.eot
-        rng = np.random.default_rng(options.seed)
+        beam_size = options.beam_size if options.temperature == 0 else None
+        n = beam_size or (options.best_of if options.temperature > 0 else 1)
         session = self.engine.decoder(features, n)
         tokens = np.tile(np.array(self.initial_tokens, dtype=np.int64), (n, 1))
-        sum_logprobs = np.zeros(n)
         logits_at = session.step(tokens, positions=(self.sot_index, -1))
         sot_logits = logits_at[0, 0].astype(np.float64)
         no_speech_prob = float(np.exp(log_softmax(sot_logits[None])[0, self.tokenizer.no_speech]))
         logits = logits_at[:, -1].copy()
+        if beam_size:
+            candidates, sum_logprobs = self._beam_search(session, tokens, logits, beam_size)
+        else:
+            candidates, sum_logprobs = self._sample(session, tokens, logits)
+        best = rank(candidates, sum_logprobs, options.length_penalty)
+        chosen = candidates[best]
+        text = self.tokenizer.decode(chosen).strip()
+        return DecodingResult(
+            tokens=chosen,
+            text=text,
+            language=self.tokenizer.language or "en",
+            avg_logprob=float(sum_logprobs[best] / (len(chosen) + 1)),
+            no_speech_prob=no_speech_prob,
+            temperature=options.temperature,
+            compression_ratio=compression_ratio(text),
+        )
+
+    def _candidate(self, sequence: Sequence[int]) -> tuple[int, ...]:
+        """The sampled part of a sequence, up to (without) its end-of-text."""
+        sampled = list(sequence[self.sample_begin :])
+        eot = self.tokenizer.eot
+        return tuple(sampled[: sampled.index(eot)] if eot in sampled else sampled)
+
+    def _sample(
+        self, session: DecoderSession, tokens: np.ndarray, logits: np.ndarray
+    ) -> tuple[list[tuple[int, ...]], list[float]]:
+        """Greedy (T = 0) or independent samples (T > 0), each until its end-of-text."""
+        options = self.options
+        n = tokens.shape[0]
+        eot = self.tokenizer.eot
+        rng = np.random.default_rng(options.seed)
+        sum_logprobs = np.zeros(n)
         for _ in range(self.sample_len):
             for f in self.filters:
                 f.apply(logits, tokens)
@@ -212,23 +288,62 @@ class WindowDecoder:
             if (next_tokens == eot).all() or tokens.shape[1] > self.n_ctx:
                 break
             logits = session.step(next_tokens[:, None])[:, -1].copy()
-        candidates = []
-        for row in tokens:
-            sampled = row[self.sample_begin :].tolist()
-            candidates.append(tuple(sampled[: sampled.index(eot)] if eot in sampled else sampled))
-        scores = [lp / max(len(c), 1) for c, lp in zip(candidates, sum_logprobs, strict=True)]
-        best = int(np.argmax(scores))
-        chosen = candidates[best]
-        text = self.tokenizer.decode(chosen).strip()
-        return DecodingResult(
-            tokens=chosen,
-            text=text,
-            language=self.tokenizer.language or "en",
-            avg_logprob=float(sum_logprobs[best] / (len(chosen) + 1)),
-            no_speech_prob=no_speech_prob,
-            temperature=options.temperature,
-            compression_ratio=compression_ratio(text),
-        )
+        return [self._candidate(row) for row in tokens], sum_logprobs.tolist()
+
+    def _beam_search(
+        self, session: DecoderSession, tokens: np.ndarray, logits: np.ndarray, beam_size: int
+    ) -> tuple[list[tuple[int, ...]], list[float]]:
+        """Beam search with openai-whisper's bookkeeping.
+
+        Each step, every live sequence proposes its `beam_size + 1` likeliest continuations
+        (one may be end-of-text, so at least `beam_size` others always remain), scored by summed
+        log-probability; identical sequences count once. The best `beam_size` unfinished ones
+        live on, and the session's cache rows follow them (`reorder`); the finished ones ranked
+        above the last survivor are kept, at most `round(beam_size * patience)` in all. Search
+        stops when that many have finished; if fewer than `beam_size` have by then, the best
+        live sequences join them.
+        """
+        eot = self.tokenizer.eot
+        max_finished = round(beam_size * (self.options.patience or 1.0))
+        sum_logprobs = np.zeros(beam_size)
+        finished: dict[tuple[int, ...], float] = {}
+        for _ in range(self.sample_len):
+            for f in self.filters:
+                f.apply(logits, tokens)
+            logprobs = log_softmax(logits)
+            scores: dict[tuple[int, ...], float] = {}
+            sources: dict[tuple[int, ...], int] = {}
+            for row in range(beam_size):
+                prefix = tuple(tokens[row].tolist())
+                for token in top_k(logprobs[row], beam_size + 1).tolist():
+                    sequence = (*prefix, token)
+                    scores[sequence] = float(sum_logprobs[row] + logprobs[row, token])
+                    sources[sequence] = row
+            survivors: list[tuple[int, ...]] = []
+            just_finished: dict[tuple[int, ...], float] = {}
+            for sequence in sorted(scores, key=scores.__getitem__, reverse=True):
+                if sequence[-1] == eot:
+                    just_finished[sequence] = scores[sequence]
+                    continue
+                survivors.append(sequence)
+                if len(survivors) == beam_size:
+                    break
+            for sequence in sorted(just_finished, key=just_finished.__getitem__, reverse=True):
+                if len(finished) >= max_finished:
+                    break
+                finished[sequence] = just_finished[sequence]
+            tokens = np.array(survivors, dtype=np.int64)
+            sum_logprobs = np.array([scores[s] for s in survivors])
+            if len(finished) >= max_finished or tokens.shape[1] > self.n_ctx:
+                break
+            session.reorder([sources[s] for s in survivors])
+            logits = session.step(tokens[:, -1:])[:, -1].copy()
+        if len(finished) < beam_size:
+            for row in np.argsort(sum_logprobs, kind="stable")[::-1]:
+                finished[(*tokens[row].tolist(), eot)] = float(sum_logprobs[row])
+                if len(finished) >= beam_size:
+                    break
+        return [self._candidate(s) for s in finished], list(finished.values())
 
 
 def decode_window(engine: Engine, features: Any, tokenizer: Tokenizer, options: DecodingOptions) -> DecodingResult:

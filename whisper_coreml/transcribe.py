@@ -67,6 +67,9 @@ class TranscriptionOptions:
     task: str = "transcribe"
     temperature: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     best_of: int = 5
+    beam_size: int | None = None
+    patience: float | None = None
+    length_penalty: float | None = None
     compression_ratio_threshold: float | None = 2.4
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
@@ -96,7 +99,16 @@ def decode_with_fallback(
     """
     result = None
     for t in options.temperature:
-        result = decode_window(engine, features, tokenizer, replace(base, temperature=t, best_of=options.best_of))
+        # Beam search at T = 0, best-of-N sampling above it (DecodingOptions uses each only there).
+        at_t = replace(
+            base,
+            temperature=t,
+            best_of=options.best_of,
+            beam_size=options.beam_size,
+            patience=options.patience,
+            length_penalty=options.length_penalty,
+        )
+        result = decode_window(engine, features, tokenizer, at_t)
         too_repetitive = (
             options.compression_ratio_threshold is not None
             and result.compression_ratio > options.compression_ratio_threshold

@@ -1,5 +1,10 @@
 """A converted model on disk: `encoder.mlpackage`, `decoder.mlpackage`, `manifest.json`, `tokenizer.json`.
 
+The beam decoder (several rows per call, for beam search) is the `beam` function of the
+stateful `decoder.mlpackage` (a multifunction package: both functions share one copy of the
+weights), or for the stateless macOS 13/14 decoder, which cannot have functions, a package of
+its own, `decoder_beam.mlpackage`.
+
 The manifest records what the converter produced (dimensions, special tokens, alignment heads,
 precision, I/O names/shapes/dtypes, states, versions, and the size and SHA-256 of every file),
 so loading can check the files against it and fail with one clear line, naming the file and
@@ -26,6 +31,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ENCODER = "encoder.mlpackage"
 DECODER = "decoder.mlpackage"
+BEAM_DECODER = "decoder_beam.mlpackage"  # the stateless beam decoder
+BEAM_FUNCTION = "beam"  # the stateful beam decoder, a function of decoder.mlpackage
 TOKENIZER = "tokenizer.json"
 
 PRECISIONS = ("float16", "float32")
@@ -104,6 +111,8 @@ class Manifest:
     source: dict[str, str]
     versions: dict[str, str]
     traffic: dict[str, int] = field(default_factory=dict)
+    beam_size: int = 0  # rows of decoder_beam.mlpackage; 0: the bundle has no beam decoder
+    beam_decoder: ModelIO | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -132,6 +141,8 @@ class Manifest:
             source={str(k): str(v) for k, v in d["source"].items()},
             versions={str(k): str(v) for k, v in d["versions"].items()},
             traffic={str(k): int(v) for k, v in d.get("traffic", {}).items()},
+            beam_size=int(d.get("beam_size", 0)),
+            beam_decoder=ModelIO.from_dict(d["beam_decoder"]) if d.get("beam_decoder") else None,
             format=str(d["format"]),
             format_version=int(d["format_version"]),
         )
@@ -165,8 +176,8 @@ def _feature(feature: Any) -> TensorInfo:
     return TensorInfo(feature.name, tuple(int(d) for d in array.shape), dtype)
 
 
-def describe_package(path: Path) -> ModelIO:
-    """The declared interface of a saved `.mlpackage`, read from its model description."""
+def describe_package(path: Path, function: str | None = None) -> ModelIO:
+    """The declared interface of a saved `.mlpackage` (of `function` in a multifunction package, else its default)."""
     try:
         import_coremltools()
         from coremltools.models.utils import load_spec
@@ -175,6 +186,11 @@ def describe_package(path: Path) -> ModelIO:
     try:
         spec = load_spec(str(path))
         desc = spec.description
+        if desc.functions:
+            wanted = function or desc.defaultFunctionName
+            desc = next(f for f in desc.functions if f.name == wanted)
+        elif function is not None:
+            raise ValueError(f"no function '{function}'")
         return ModelIO(
             tuple(_feature(f) for f in desc.input),
             tuple(_feature(f) for f in desc.output),
@@ -223,6 +239,13 @@ class Bundle:
         return self.path / DECODER
 
     @property
+    def beam_decoder(self) -> tuple[Path, str | None] | None:
+        """The beam decoder's package and function (None: the package's only one), if the bundle has one."""
+        if self.manifest.beam_decoder is None:
+            return None
+        return beam_location(self.path, self.manifest.stateful)
+
+    @property
     def tokenizer_path(self) -> Path:
         return self.path / TOKENIZER
 
@@ -231,12 +254,17 @@ class Bundle:
         return self.manifest.dims
 
     def compiled_path(self, package: str) -> Path:
-        """Where the compiled `.mlmodelc` of `encoder.mlpackage` or `decoder.mlpackage` sits."""
+        """Where the compiled `.mlmodelc` of one of the bundle's `.mlpackage`s sits."""
         return self.path / package.replace(".mlpackage", ".mlmodelc")
 
     def tokenizer(self) -> Tokenizer:
         dims = self.manifest.dims
         return Tokenizer(self.tokenizer_path, dims.n_vocab, dims.num_languages)
+
+
+def beam_location(root: Path, stateful: bool) -> tuple[Path, str | None]:
+    """Where a bundle's beam decoder lives: a function of the stateful decoder, or its own stateless package."""
+    return (root / DECODER, BEAM_FUNCTION) if stateful else (root / BEAM_DECODER, None)
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -294,18 +322,28 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     """Read `manifest.json` and check every file against it; raise ModelError (one line) on any mismatch.
 
     Checks: manifest present, parseable and of this format version; tokenizer present and
-    matching the vocabulary; both packages present; their declared inputs, outputs and states
-    (names, shapes, dtypes) equal to the manifest's; every file present with its recorded size;
-    and, with `verify_checksums`, its recorded SHA-256.
+    matching the vocabulary; every package present (and the beam decoder if the manifest lists
+    one); their declared inputs, outputs and states (names, shapes, dtypes) equal to the
+    manifest's; every file present with its recorded size; and, with `verify_checksums`, its
+    recorded SHA-256.
     """
     path = Path(path).expanduser()
     manifest = read_manifest(path)
     if not (path / TOKENIZER).is_file():
         raise ModelError(f"{path}: {TOKENIZER} is missing; the bundle needs the model's tokenizer beside {MANIFEST}")
-    for package, declared in ((ENCODER, manifest.encoder), (DECODER, manifest.decoder)):
+    parts = [(ENCODER, None, manifest.encoder), (DECODER, None, manifest.decoder)]
+    if manifest.beam_decoder is not None:
+        package, function = beam_location(path, manifest.stateful)
+        parts.append((package.name, function, manifest.beam_decoder))
+    for package, function, declared in parts:
         if not (path / package).is_dir():
             raise ModelError(f"{path}: {package} is missing")
-        _check_io(path, package, declared, describe_package(path / package))
+        _check_io(
+            path,
+            package if function is None else f"{package}:{function}",
+            declared,
+            describe_package(path / package, function),
+        )
     for name, info in manifest.files.items():
         file = path / name
         if not file.is_file():

@@ -4,7 +4,11 @@ The bundle holds `encoder.mlpackage` (log-mel in; encoder output and every decod
 cross-attention keys/values out, once per 30-s window), `decoder.mlpackage` (one token per
 call, static shapes), `manifest.json` and `tokenizer.json`. For macOS 15 the decoder keeps its
 self-attention cache and the cross-attention keys/values as Core ML state; for macOS 13/14 it
-is stateless and the caller passes the cache in and gets the new slice out.
+is stateless and the caller passes the cache in and gets the new slice out. With `beam_size`
+> 1 the bundle also holds a beam decoder: the same step for `beam_size` rows at once, which
+beam search (and best-of-N sampling with as many samples) runs. The stateful one reorders its
+cache rows itself, by a `beam` input, before each step, and is a second function of
+`decoder.mlpackage` sharing its weights; the stateless one is `decoder_beam.mlpackage`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,13 @@ from ..tokenizer import Tokenizer
 from ..weights import Weights
 from . import bundle as B
 from . import import_coremltools
-from .export import EncoderExport, StatefulDecoderExport, StatelessDecoderExport
+from .export import (
+    EncoderExport,
+    StatefulBeamDecoderExport,
+    StatefulDecoderExport,
+    StatelessBeamDecoderExport,
+    StatelessDecoderExport,
+)
 
 Progress = Callable[[str], None]
 """Called with a short description of each stage as it starts."""
@@ -185,6 +195,7 @@ def convert(
     minimum_deployment_target: str = "macOS15",
     quantize: str = "none",
     max_tokens: int = 448,
+    beam_size: int = 5,
     name: str | None = None,
     compile: bool | None = None,
     progress: Progress | None = None,
@@ -193,6 +204,8 @@ def convert(
     """Convert `model` (catalog name, path or `Weights`) into a bundle at `output_dir`.
 
     The default directory is `<models dir>/<name>-coreml`; `name` defaults to the catalog name.
+    `beam_size` > 1 adds the beam decoder for that many beams (0 or 1: none; beam search then
+    runs the one-token decoder once per beam and copies caches between steps: same beams, slower).
     The bundle is assembled next to its destination and moved into place at the end, so an
     interrupted run leaves no half bundle.
     `compile` defaults to "on macOS"; elsewhere the report carries a note instead. `verbose`
@@ -212,6 +225,8 @@ def convert(
     dims = weights.dims
     name = name or model_name(model)
     _validate(precision, compute_units, minimum_deployment_target, quantize, max_tokens, dims.n_text_ctx)
+    if beam_size < 0:
+        raise ModelError(f"--beam-size {beam_size}: must be 0 (no beam decoder) or more")
     tokenizer_file = find_tokenizer(weights)
     tokenizer = Tokenizer(tokenizer_file, dims.n_vocab, dims.num_languages)
     heads = weights.alignment_heads or default_alignment_heads(dims.n_text_layer, dims.n_text_head)
@@ -271,8 +286,23 @@ def convert(
             whisper.encoder.to("meta")  # converted: its float32 weights need not sit beside the decoder's
             _load_float32(whisper, pending, lambda k: True)
             decoder = _convert_decoder(ct, whisper, max_tokens, heads, stateful, float_dtype, target, decoder_precision)
-            finish(decoder, "decoder", B.DECODER, "Whisper text decoder, one token per call")
+            # A stateful decoder gets its beam function beside it in one package; the parts are saved apart first.
+            merge = stateful and beam_size > 1
+            one_token = f".one-token.{B.DECODER}" if merge else B.DECODER
+            finish(decoder, "decoder", one_token, "Whisper text decoder, one token per call")
             del decoder
+            if beam_size > 1:
+                say(f"tracing the beam decoder ({beam_size} rows)")
+                decoder = _convert_decoder(
+                    ct, whisper, max_tokens, heads, stateful, float_dtype, target, decoder_precision, beam_size
+                )
+                beam_package = f".beam.{B.DECODER}" if merge else B.BEAM_DECODER
+                finish(decoder, "beam decoder", beam_package, f"Whisper text decoder, {beam_size} beams per call")
+                del decoder
+                if merge:
+                    say("joining the decoders into one package (shared weights)")
+                    _join_functions(ct, work, {"main": one_token, B.BEAM_FUNCTION: beam_package}, B.DECODER)
+        packages = (B.ENCODER, B.DECODER, *((B.BEAM_DECODER,) if beam_size > 1 and not stateful else ()))
         shutil.copyfile(tokenizer_file, work / B.TOKENIZER)
 
         say("writing the manifest")
@@ -292,10 +322,12 @@ def convert(
             max_tokens=max_tokens,
             encoder=encoder_io,
             decoder=decoder_io,
-            files=B.package_files(work, (B.ENCODER, B.DECODER)),
+            files=B.package_files(work, packages),
             source=source,
             versions=_versions(ct),
             traffic=traffic,
+            beam_size=beam_size if beam_size > 1 else 0,
+            beam_decoder=B.describe_package(*B.beam_location(work, stateful)) if beam_size > 1 else None,
         )
         (work / B.MANIFEST).write_text(B.dump_manifest(manifest))
 
@@ -305,7 +337,7 @@ def convert(
             compile = sys.platform == "darwin"
         if compile and sys.platform == "darwin":
             say("compiling for this Mac")
-            for package in (B.ENCODER, B.DECODER):
+            for package in packages:
                 ct.models.utils.compile_model(
                     str(work / package), str(work / package.replace(".mlpackage", ".mlmodelc"))
                 )
@@ -329,7 +361,8 @@ def convert(
     def size(p: Path) -> int:
         return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
-    encoder_bytes, decoder_bytes = size(destination / B.ENCODER), size(destination / B.DECODER)
+    encoder_bytes = size(destination / B.ENCODER)
+    decoder_bytes = sum(size(destination / p) for p in packages[1:])
     return ConvertReport(
         bundle=destination,
         seconds=time.perf_counter() - started,
@@ -387,27 +420,40 @@ def _convert_decoder(
     float_dtype: type,
     target: Any,
     compute_precision: Any,
+    beams: int | None = None,
 ) -> Any:
+    """The one-token decoder, or with `beams` its batched beam-search variant (cache rows gain a beam axis)."""
     dims = whisper.dims
     head_dim = dims.n_text_state // dims.n_text_head
-    cache = (dims.n_text_layer, dims.n_text_head, max_tokens, head_dim)
+    rows = () if beams is None else (beams,)
+    cache = (dims.n_text_layer, *rows, dims.n_text_head, max_tokens, head_dim)
     cross = (dims.n_text_layer, dims.n_text_head, dims.n_audio_ctx, head_dim)
-    token = torch.zeros(1, 1, dtype=torch.int32)
+    token_shape = (beams or 1, 1)
+    token = torch.zeros(token_shape, dtype=torch.int32)
     position = torch.zeros(1, dtype=torch.int32)
-    inputs = [ct.TensorType("token", (1, 1), dtype=np.int32), ct.TensorType("position", (1,), dtype=np.int32)]
+    inputs = [ct.TensorType("token", token_shape, dtype=np.int32), ct.TensorType("position", (1,), dtype=np.int32)]
     # Logits leave in float32 whatever the precision: they are computed in it (`vocabulary_op`).
     outputs = [ct.TensorType("logits", dtype=np.float32), ct.TensorType("alignment", dtype=float_dtype)]
     if stateful:
         # Core ML states are float16 only: at float32 precision the caches are still stored in float16.
-        module = StatefulDecoderExport(whisper, max_tokens, heads, torch.float16).eval()
-        traced = torch.jit.trace(module, (token, position), check_trace=False)
+        if beams is None:
+            module: torch.nn.Module = StatefulDecoderExport(whisper, max_tokens, heads, torch.float16).eval()
+            example: tuple[torch.Tensor, ...] = (token, position)
+        else:
+            module = StatefulBeamDecoderExport(whisper, max_tokens, heads, beams, torch.float16).eval()
+            example = (token, position, torch.arange(beams, dtype=torch.int32))
+            inputs.append(ct.TensorType("beam", (beams,), dtype=np.int32))
+        traced = torch.jit.trace(module, example, check_trace=False)
         states = [
             ct.StateType(ct.TensorType(shape=tuple(getattr(module, n).shape), dtype=np.float16), name=n)
             for n in StatefulDecoderExport.STATES
         ]
         extra: dict[str, Any] = {"states": states}
     else:
-        module = StatelessDecoderExport(whisper, max_tokens, heads).eval()
+        if beams is None:
+            module = StatelessDecoderExport(whisper, max_tokens, heads).eval()
+        else:
+            module = StatelessBeamDecoderExport(whisper, max_tokens, heads, beams).eval()
         example = (
             token,
             position,
@@ -437,6 +483,21 @@ def _convert_decoder(
         skip_model_load=True,
         **extra,
     )
+
+
+def _join_functions(ct: Any, work: Path, functions: dict[str, str], package: str) -> None:
+    """Save the packages `functions` ({function name: package}) as one multifunction `package` and delete them.
+
+    Identical weights are stored once, so the beam decoder costs the bundle almost nothing.
+    The first function is the default one (what a plain load runs).
+    """
+    descriptor = ct.utils.MultiFunctionDescriptor()
+    for function, source in functions.items():
+        descriptor.add_function(str(work / source), src_function_name="main", target_function_name=function)
+    descriptor.default_function_name = next(iter(functions))
+    ct.utils.save_multifunction(descriptor, str(work / package))
+    for source in functions.values():
+        shutil.rmtree(work / source)
 
 
 def vocabulary_op(op: Any, n_vocab: int) -> bool:

@@ -226,3 +226,138 @@ class StatelessDecoderExport(_DecoderStep):
             x = x + _mlp(block, x)
         logits, alignment = self.finish(x, weights)
         return logits, alignment, torch.stack(new_k), torch.stack(new_v)
+
+
+def _batch_heads(x: Tensor, batch: int, n_head: int, head_dim: int) -> Tensor:
+    """(B, 1, n_state) -> (B, n_head, 1, head_dim)."""
+    return x.reshape(batch, 1, n_head, head_dim).transpose(1, 2)
+
+
+class _BeamStep(_DecoderStep):
+    """`batch` sequences per call, one token each, all at the same position (beam search keeps them equal).
+
+    The cross-attention keys/values are stored once and shared: each head attends with all
+    `batch` queries in one (n_head, batch, head_dim) x (n_head, head_dim, n_audio_ctx) product.
+    """
+
+    def __init__(self, model: Whisper, max_tokens: int, alignment_heads: tuple[tuple[int, int], ...], batch: int):
+        super().__init__(model, max_tokens, alignment_heads)
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        self.batch = batch
+
+    def embed_rows(self, token: Tensor, position: Tensor) -> Tensor:
+        """(B, 1) tokens at one (1,) position -> (B, 1, n_state)."""
+        return self.token_embedding(token) + self.positional_embedding[position][None]
+
+    def qkv(self, attn: MultiHeadAttention, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        shape = (self.batch, self.n_head, self.head_dim)
+        return tuple(_batch_heads(p(h), *shape) for p in (attn.query, attn.key, attn.value))  # type: ignore[return-value]
+
+    def self_attention(
+        self, attn: MultiHeadAttention, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor
+    ) -> Tensor:
+        """Each row's query over its own cache rows (B, n_head, T, head_dim)."""
+        out, _ = _attention(q, keys, values, self.head_dim, mask)
+        return x + attn.out(out.transpose(1, 2).reshape(self.batch, 1, self.n_state))
+
+    def cross_rows(self, block: ResidualAttentionBlock, x: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """All rows' cross-attention over one (n_head, n_audio_ctx, head_dim) copy; weights (n_head, B, n_audio_ctx)."""
+        cross: MultiHeadAttention = block.cross_attn  # type: ignore[assignment]
+        q = cross.query(_layer_norm(block.cross_attn_ln, x)).reshape(self.batch, self.n_head, self.head_dim)
+        out, weights = _attention(q.transpose(0, 1), k, v, self.head_dim)  # (n_head, B, head_dim)
+        return x + cross.out(out.transpose(0, 1).reshape(self.batch, 1, self.n_state)), weights
+
+    def finish_rows(self, x: Tensor, cross_weights: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Logits (B, 1, n_vocab) and the alignment heads' weights (B, A, n_audio_ctx)."""
+        logits = F.linear(_layer_norm(self.ln, x), self.token_embedding.weight)
+        alignment = torch.stack([cross_weights[layer][head] for layer, head in self.alignment_heads])
+        return logits, alignment.transpose(0, 1)
+
+
+class StatefulBeamDecoderExport(_BeamStep):
+    """Beam search's decoder: `batch` rows per call, whose caches are reordered inside the program.
+
+    Inputs: `token` (B, 1), `position` (1,) and `beam` (B,): row i continues the cached row
+    `beam[i]` (0..B-1 when nothing is reordered). States: `k_cache`, `v_cache` (n_layer, B,
+    n_head, max_tokens, head_dim), gathered by `beam` and then written at `position`; `cross_k`,
+    `cross_v` (n_layer, n_head, n_audio_ctx, head_dim), one copy for every row. Reordering on
+    the device costs one pass over the cache per step, next to the weights every step reads
+    anyway, and saves the host from reading and writing B caches between calls.
+    """
+
+    STATES = StatefulDecoderExport.STATES
+
+    def __init__(
+        self,
+        model: Whisper,
+        max_tokens: int,
+        alignment_heads: tuple[tuple[int, int], ...],
+        batch: int,
+        dtype: torch.dtype = torch.float16,
+    ) -> None:
+        super().__init__(model, max_tokens, alignment_heads, batch)
+        dims = model.dims
+        cache = (dims.n_text_layer, batch, self.n_head, max_tokens, self.head_dim)
+        cross = (dims.n_text_layer, self.n_head, dims.n_audio_ctx, self.head_dim)
+        self.register_buffer("k_cache", torch.zeros(cache, dtype=dtype))
+        self.register_buffer("v_cache", torch.zeros(cache, dtype=dtype))
+        self.register_buffer("cross_k", torch.zeros(cross, dtype=dtype))
+        self.register_buffer("cross_v", torch.zeros(cross, dtype=dtype))
+
+    def forward(self, token: Tensor, position: Tensor, beam: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.embed_rows(token, position)
+        mask = (self.slots > position).to(x.dtype) * MASK_VALUE
+        p = position[0]
+        weights: list[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            attn: MultiHeadAttention = block.attn
+            q, k, v = self.qkv(attn, _layer_norm(block.attn_ln, x))
+            self.k_cache[i : i + 1] = self.k_cache[i].index_select(0, beam)[None]
+            self.v_cache[i : i + 1] = self.v_cache[i].index_select(0, beam)[None]
+            self.k_cache[i : i + 1, :, :, p : p + 1, :] = k[None].to(self.k_cache.dtype)
+            self.v_cache[i : i + 1, :, :, p : p + 1, :] = v[None].to(self.v_cache.dtype)
+            x = self.self_attention(attn, x, q, self.k_cache[i].to(x.dtype), self.v_cache[i].to(x.dtype), mask)
+            x, w = self.cross_rows(block, x, self.cross_k[i].to(x.dtype), self.cross_v[i].to(x.dtype))
+            weights.append(w)
+            x = x + _mlp(block, x)
+        return self.finish_rows(x, weights)
+
+
+class StatelessBeamDecoderExport(_BeamStep):
+    """Beam search's decoder for macOS 13/14: `batch` rows per call, the caller owning (and reordering) the caches.
+
+    Inputs: `token` (B, 1), `position` (1,), `k_cache`/`v_cache` (n_layer, B, n_head,
+    max_tokens, head_dim), `cross_k`/`cross_v` (n_layer, n_head, n_audio_ctx, head_dim) and
+    `mask` (1, max_tokens) shared by the rows. Outputs: logits (B, 1, n_vocab), alignment
+    (B, A, n_audio_ctx), and `k_new`/`v_new` (n_layer, B, n_head, 1, head_dim).
+    """
+
+    def forward(
+        self,
+        token: Tensor,
+        position: Tensor,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        cross_k: Tensor,
+        cross_v: Tensor,
+        mask: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x = self.embed_rows(token, position)
+        full_mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
+        weights: list[Tensor] = []
+        new_k: list[Tensor] = []
+        new_v: list[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            attn: MultiHeadAttention = block.attn
+            q, k, v = self.qkv(attn, _layer_norm(block.attn_ln, x))
+            new_k.append(k)
+            new_v.append(v)
+            keys = torch.cat([k_cache[i], k], dim=2)
+            values = torch.cat([v_cache[i], v], dim=2)
+            x = self.self_attention(attn, x, q, keys, values, full_mask)
+            x, w = self.cross_rows(block, x, cross_k[i], cross_v[i])
+            weights.append(w)
+            x = x + _mlp(block, x)
+        logits, alignment = self.finish_rows(x, weights)
+        return logits, alignment, torch.stack(new_k), torch.stack(new_v)

@@ -801,10 +801,10 @@ class MilProgram:
         self._compile(func)
 
     @classmethod
-    def load(cls, path: str | Path, blas_threads: int | None = None) -> MilProgram:
-        """Load a saved `.mlpackage`."""
+    def load(cls, path: str | Path, blas_threads: int | None = None, function: str = "main") -> MilProgram:
+        """Load a saved `.mlpackage` (its `function`, for a multifunction package)."""
         path = Path(path)
-        return cls(_load_program(path), str(path), blas_threads=blas_threads)
+        return cls(_load_program(path), str(path), function=function, blas_threads=blas_threads)
 
     def _compile(self, func: Any) -> None:
         unknown = sorted({o.op_type for o in func.operations if o.op_type != "const" and o.op_type not in OPS})

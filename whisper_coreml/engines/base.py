@@ -28,6 +28,14 @@ class DecoderSession(Protocol):
         """
         ...
 
+    def reorder(self, rows: Sequence[int]) -> None:
+        """Continue from the cached sequences `rows`: row i of the batch becomes what row `rows[i]` was.
+
+        Beam search calls this after every step (rows may repeat or vanish); the batch size
+        stays the same, and the audio features are shared by every row anyway.
+        """
+        ...
+
 
 class Engine(Protocol):
     """Runs one Whisper model: audio encoder plus text decoder."""

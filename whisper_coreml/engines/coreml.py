@@ -3,7 +3,8 @@
 It loads the compiled `.mlmodelc` models (compiling each `.mlpackage` once and caching the
 result when the bundle has none), on the chosen compute units, warms them up, and drives them
 with exactly the sessions the `mil` engine uses (`engines.mil`): one Core ML state per
-sequence for the stateful decoder, host-side caches for the stateless one.
+sequence for the stateful decoder, host-side caches for the stateless one, and for a batch of
+the bundle's beam size the beam decoder, all rows in one call (its cache reordered on the device).
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ class CoreMLEngine(BundleEngine):
         try:
             self.encoder = ct.models.CompiledMLModel(str(compiled_model_path(self.bundle, ENCODER)), cu)
             self.decoder_model = ct.models.CompiledMLModel(str(compiled_model_path(self.bundle, DECODER)), cu)
+            beam = self.bundle.beam_decoder
+            self.beam_model = None
+            if beam is not None:
+                path = str(compiled_model_path(self.bundle, beam[0].name))
+                self.beam_model = ct.models.CompiledMLModel(path, cu, function_name=beam[1])
         except Exception as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelError(f"{self.bundle.path}: Core ML could not load the models ({reason})") from e
@@ -88,4 +94,4 @@ class CoreMLEngine(BundleEngine):
         return self._window(self.encoder.predict(self._mel(mel)))
 
     def decoder(self, features: EncodedWindow, batch_size: int = 1) -> StepSession:
-        return self._session(self.decoder_model, features, batch_size)
+        return self._session(self.decoder_model, features, batch_size, self.beam_model)

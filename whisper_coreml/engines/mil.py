@@ -1,14 +1,15 @@
 """The `mil` engine: a converted bundle, run by the numpy reference executor (`coreml.mil`), on any OS.
 
-It drives the converted `encoder.mlpackage` and `decoder.mlpackage` exactly as the Core ML
-engine does on a Mac (same inputs, same state handling), so a bundle can be checked and used
-where Core ML is not available. The session logic here is shared with `engines.coreml`.
+It drives the converted `encoder.mlpackage`, `decoder.mlpackage` and (for a batch of the beam
+size) the beam decoder exactly as the Core ML engine does on a Mac (same inputs, same
+state handling), so a bundle can be checked and used where Core ML is not available. The
+session logic here is shared with `engines.coreml`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,14 @@ class EncodedWindow:
     cross_v: np.ndarray
 
 
-class StepSession:
+class StepSession(ABC):
     """Feeds a one-token-per-call decoder; `step` takes any number of tokens for a batch of sequences.
 
-    Subclasses implement `_call(sequence, token, position) -> (logits (V,), alignment (A, n_audio_ctx))`
-    for one sequence; this class walks the tokens one at a time, keeps the position, and returns
-    the logits at the requested `positions` only. Sequences of a batch are independent (one
-    state or cache each). The alignment heads' cross-attention weights of every token are
-    kept in `alignment` for word timing.
+    Subclasses implement `_rows(tokens (B,), position) -> (logits (B, V), alignment (B, A, n_audio_ctx))`
+    for one token of every sequence, and `reorder`; this class walks the tokens one at a time,
+    keeps the position, and returns the logits at the requested `positions` only. The
+    alignment heads' cross-attention weights of every token are kept for word timing, with
+    each row's lineage through `reorder`, so a row's history is that of the sequence it continues.
     """
 
     def __init__(self, batch_size: int, max_tokens: int) -> None:
@@ -44,9 +45,24 @@ class StepSession:
         self.max_tokens = max_tokens
         self.offset = 0
         self.alignment: list[np.ndarray] = []  # per token: (B, A, n_audio_ctx)
+        self.lineage = np.zeros((0, batch_size), dtype=np.int64)  # [t, i]: the row at token t that row i continues
 
-    def _call(self, sequence: int, token: int, position: int) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+    @abstractmethod
+    def _rows(self, tokens: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """One token per sequence at `position`: logits (B, V) and alignment weights (B, A, n_audio_ctx)."""
+
+    @abstractmethod
+    def _reorder_cache(self, rows: np.ndarray) -> None:
+        """Make cache row i a copy of what cache row `rows[i]` was."""
+
+    def reorder(self, rows: Sequence[int]) -> None:
+        index = np.asarray(rows, dtype=np.int64)
+        if index.shape != (self.batch_size,) or not ((0 <= index) & (index < self.batch_size)).all():
+            raise ValueError(f"reorder needs {self.batch_size} row indices below {self.batch_size}, got {list(rows)}")
+        if (index == np.arange(self.batch_size)).all():
+            return
+        self.lineage = self.lineage[:, index]
+        self._reorder_cache(index)
 
     def step(self, tokens: np.ndarray, positions: Sequence[int] = (-1,)) -> np.ndarray:
         tokens = np.asarray(tokens)
@@ -63,26 +79,47 @@ class StepSession:
             )
         kept: dict[int, np.ndarray] = {}
         for i in range(t):
-            logits, alignment = [], []
-            for b in range(self.batch_size):
-                lg, al = self._call(b, int(tokens[b, i]), self.offset)
-                logits.append(lg)
-                alignment.append(al)
+            logits, alignment = self._rows(tokens[:, i].astype(np.int32), self.offset)
             self.offset += 1
-            self.alignment.append(np.stack(alignment))
+            self.alignment.append(alignment)
             if i in wanted:
-                kept[i] = np.stack(logits)
+                kept[i] = logits
+        self.lineage = np.concatenate([self.lineage, np.tile(np.arange(self.batch_size), (t, 1))])
         order = [p % t for p in positions]
         return np.stack([kept[i] for i in order], axis=1).astype(np.float32)
 
     @property
     def alignment_weights(self) -> np.ndarray:
         """(B, A, tokens so far, n_audio_ctx): the alignment heads' cross-attention weights."""
-        return np.stack(self.alignment, axis=2) if self.alignment else np.zeros((self.batch_size, 0, 0, 0))
+        if not self.alignment:
+            return np.zeros((self.batch_size, 0, 0, 0))
+        return np.stack([a[rows] for a, rows in zip(self.alignment, self.lineage, strict=True)], axis=2)
+
+
+def _copies(rows: np.ndarray, items: list[Any], copy: Callable[[Any, Any], None]) -> list[Any]:
+    """`items` rearranged as `rows` says, reusing each item once and copying (`copy(source, spare)`) for repeats."""
+    chosen: list[Any] = [None] * len(rows)
+    used: set[int] = set()
+    for i, r in enumerate(rows.tolist()):
+        if r not in used:
+            chosen[i] = items[r]
+            used.add(r)
+    spare = [items[j] for j in range(len(items)) if j not in used]
+    for i, r in enumerate(rows.tolist()):
+        if chosen[i] is None:
+            chosen[i] = spare.pop()
+            copy(items[r], chosen[i])
+    return chosen
 
 
 class StatefulSession(StepSession):
-    """macOS 15 decoder: caches and cross keys/values live in one state per sequence."""
+    """macOS 15 one-token decoder: caches and cross keys/values live in one state per sequence.
+
+    `reorder` permutes the states and copies a state's caches (read, then written) only for
+    rows that repeat; the beam decoder (`StatefulBeamSession`) does better.
+    """
+
+    CACHES = ("k_cache", "v_cache")
 
     def __init__(self, program: Any, window: EncodedWindow, batch_size: int, max_tokens: int) -> None:
         super().__init__(batch_size, max_tokens)
@@ -95,16 +132,27 @@ class StatefulSession(StepSession):
             state.write_state("cross_v", np.ascontiguousarray(window.cross_v, dtype=np.float16))
             self.states.append(state)
 
-    def _call(self, sequence: int, token: int, position: int) -> tuple[np.ndarray, np.ndarray]:
-        out = self.program.predict(
-            {"token": np.array([[token]], dtype=np.int32), "position": np.array([position], dtype=np.int32)},
-            self.states[sequence],
-        )
-        return np.asarray(out["logits"]).reshape(-1), np.asarray(out["alignment"])[0]
+    def _rows(self, tokens: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray]:
+        logits, alignment = [], []
+        for token, state in zip(tokens.tolist(), self.states, strict=True):
+            out = self.program.predict(
+                {"token": np.array([[token]], dtype=np.int32), "position": np.array([position], dtype=np.int32)},
+                state,
+            )
+            logits.append(np.asarray(out["logits"]).reshape(-1))
+            alignment.append(np.asarray(out["alignment"])[0])
+        return np.stack(logits), np.stack(alignment)
+
+    def _reorder_cache(self, rows: np.ndarray) -> None:
+        def copy(source: Any, target: Any) -> None:
+            for name in self.CACHES:
+                target.write_state(name, np.array(source.read_state(name)))
+
+        self.states = _copies(rows, self.states, copy)
 
 
 class StatelessSession(StepSession):
-    """macOS 13/14 decoder: the session owns the caches, passes them in and writes back the new slice."""
+    """macOS 13/14 one-token decoder: the session owns the caches, passes them in and writes back the new slice."""
 
     def __init__(
         self, program: Any, window: EncodedWindow, batch_size: int, cache_shape: tuple[int, ...], dtype: type
@@ -116,24 +164,96 @@ class StatelessSession(StepSession):
         shape = cache_shape
         self.k = [np.zeros(shape, dtype=dtype) for _ in range(batch_size)]
         self.v = [np.zeros(shape, dtype=dtype) for _ in range(batch_size)]
-        self.mask = [np.full((1, max_tokens), MASK_VALUE, dtype=dtype) for _ in range(batch_size)]
+        self.mask = np.full((1, max_tokens), MASK_VALUE, dtype=dtype)  # every sequence has the same length
 
-    def _call(self, sequence: int, token: int, position: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, tokens: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray]:
+        logits, alignment = [], []
+        for token, k, v in zip(tokens.tolist(), self.k, self.v, strict=True):
+            out = self.program.predict(
+                {
+                    "token": np.array([[token]], dtype=np.int32),
+                    "position": np.array([position], dtype=np.int32),
+                    "k_cache": k,
+                    "v_cache": v,
+                    "cross_k": self.window.cross_k,
+                    "cross_v": self.window.cross_v,
+                    "mask": self.mask,
+                }
+            )
+            k[:, :, position] = np.asarray(out["k_new"])[:, :, 0]
+            v[:, :, position] = np.asarray(out["v_new"])[:, :, 0]
+            logits.append(np.asarray(out["logits"]).reshape(-1))
+            alignment.append(np.asarray(out["alignment"])[0])
+        self.mask[0, position] = 0
+        return np.stack(logits), np.stack(alignment)
+
+    def _reorder_cache(self, rows: np.ndarray) -> None:
+        def copy(source: np.ndarray, target: np.ndarray) -> None:
+            target[...] = source
+
+        self.k = _copies(rows, self.k, copy)
+        self.v = _copies(rows, self.v, copy)
+
+
+class StatefulBeamSession(StepSession):
+    """The macOS 15 beam decoder: every row in one call and one state; `reorder` becomes the next call's `beam` input.
+
+    The program gathers its cache rows by `beam` before it writes the new token's keys and
+    values, so reordering costs the host nothing.
+    """
+
+    def __init__(self, program: Any, window: EncodedWindow, batch_size: int, max_tokens: int) -> None:
+        super().__init__(batch_size, max_tokens)
+        self.program = program
+        self.state = program.make_state()
+        self.state.write_state("cross_k", np.ascontiguousarray(window.cross_k, dtype=np.float16))
+        self.state.write_state("cross_v", np.ascontiguousarray(window.cross_v, dtype=np.float16))
+        self.beam = np.arange(batch_size, dtype=np.int32)
+
+    def _rows(self, tokens: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray]:
+        inputs = {"token": tokens[:, None], "position": np.array([position], dtype=np.int32), "beam": self.beam}
+        out = self.program.predict(inputs, self.state)
+        self.beam = np.arange(self.batch_size, dtype=np.int32)
+        return np.asarray(out["logits"])[:, 0], np.asarray(out["alignment"])
+
+    def _reorder_cache(self, rows: np.ndarray) -> None:
+        self.beam = self.beam[rows]  # two reorders before a step compose
+
+
+class StatelessBeamSession(StepSession):
+    """The macOS 13/14 beam decoder: every row in one call; the host owns the caches and reorders them by indexing."""
+
+    def __init__(
+        self, program: Any, window: EncodedWindow, batch_size: int, cache_shape: tuple[int, ...], dtype: type
+    ) -> None:
+        max_tokens = cache_shape[3]
+        super().__init__(batch_size, max_tokens)
+        self.program = program
+        self.window = window
+        self.k = np.zeros(cache_shape, dtype=dtype)
+        self.v = np.zeros(cache_shape, dtype=dtype)
+        self.mask = np.full((1, max_tokens), MASK_VALUE, dtype=dtype)
+
+    def _rows(self, tokens: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray]:
         out = self.program.predict(
             {
-                "token": np.array([[token]], dtype=np.int32),
+                "token": tokens[:, None],
                 "position": np.array([position], dtype=np.int32),
-                "k_cache": self.k[sequence],
-                "v_cache": self.v[sequence],
+                "k_cache": self.k,
+                "v_cache": self.v,
                 "cross_k": self.window.cross_k,
                 "cross_v": self.window.cross_v,
-                "mask": self.mask[sequence],
+                "mask": self.mask,
             }
         )
-        self.k[sequence][:, :, position] = np.asarray(out["k_new"])[:, :, 0]
-        self.v[sequence][:, :, position] = np.asarray(out["v_new"])[:, :, 0]
-        self.mask[sequence][0, position] = 0
-        return np.asarray(out["logits"]).reshape(-1), np.asarray(out["alignment"])[0]
+        self.k[:, :, :, position] = np.asarray(out["k_new"])[:, :, :, 0]
+        self.v[:, :, :, position] = np.asarray(out["v_new"])[:, :, :, 0]
+        self.mask[0, position] = 0
+        return np.asarray(out["logits"])[:, 0], np.asarray(out["alignment"])
+
+    def _reorder_cache(self, rows: np.ndarray) -> None:
+        self.k = self.k[:, rows]
+        self.v = self.v[:, rows]
 
 
 class BundleEngine(ABC):
@@ -181,10 +301,17 @@ class BundleEngine(ABC):
                 probs[i] = logits[tokens[i + 1]] / logits.sum()
         return probs, session.alignment_weights[0].astype(np.float32)
 
-    def _session(self, program: Any, features: EncodedWindow, batch_size: int) -> StepSession:
+    def _session(self, program: Any, features: EncodedWindow, batch_size: int, beam_program: Any = None) -> StepSession:
+        """The beam decoder for a batch of its size, else the one-token decoder with one cache per sequence."""
+        manifest = self.bundle.manifest
+        if beam_program is not None and batch_size == manifest.beam_size and manifest.beam_decoder is not None:
+            if self.stateful:
+                return StatefulBeamSession(beam_program, features, batch_size, self.max_tokens)
+            cache = manifest.beam_decoder.get("k_cache").shape
+            return StatelessBeamSession(beam_program, features, batch_size, cache, self.float_dtype)
         if self.stateful:
             return StatefulSession(program, features, batch_size, self.max_tokens)
-        cache_shape = self.bundle.manifest.decoder.get("k_cache").shape
+        cache_shape = manifest.decoder.get("k_cache").shape
         return StatelessSession(program, features, batch_size, cache_shape, self.float_dtype)
 
 
@@ -199,9 +326,11 @@ class MilEngine(BundleEngine):
         super().__init__(bundle, verify_checksums)
         self.encoder = MilProgram.load(self.bundle.encoder_path)
         self.decoder_program = MilProgram.load(self.bundle.decoder_path, blas_threads=1)
+        beam = self.bundle.beam_decoder
+        self.beam_program = MilProgram.load(beam[0], 1, beam[1] or "main") if beam is not None else None
 
     def encode(self, mel: np.ndarray) -> EncodedWindow:
         return self._window(self.encoder.predict(self._mel(mel)))
 
     def decoder(self, features: EncodedWindow, batch_size: int = 1) -> StepSession:
-        return self._session(self.decoder_program, features, batch_size)
+        return self._session(self.decoder_program, features, batch_size, self.beam_program)

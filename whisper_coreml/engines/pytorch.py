@@ -57,7 +57,7 @@ class BlockedProjection:
 
 
 class TorchSession:
-    """A decoder session whose self-attention cache grows by concatenation."""
+    """A decoder session whose self-attention cache grows by concatenation; `reorder` selects its rows."""
 
     def __init__(self, model: Whisper, cross_kv: list[KV], logits: Callable[[Tensor], Tensor]) -> None:
         self.model = model
@@ -71,6 +71,13 @@ class TorchSession:
         x = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(device)
         hidden, self.cache = self.model.decoder(x, self.cross_kv, self.cache)
         return self.logits(hidden[:, list(positions)]).cpu().numpy()
+
+    @torch.inference_mode()
+    def reorder(self, rows: Sequence[int]) -> None:
+        if self.cache is None or list(rows) == list(range(self.cache[0][0].shape[0])):
+            return
+        index = torch.tensor(list(rows), device=self.cross_kv[0][0].device)
+        self.cache = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cache]
 
 
 class TorchEngine:
