@@ -91,6 +91,18 @@ def transcribe_command(
     temperature: Annotated[
         float | None, typer.Option(help="Fixed temperature; default falls back 0 -> 1.", metavar="T")
     ] = None,
+    beam_size: Annotated[
+        int | None, typer.Option(help="Beam search with N beams at temperature 0 (default: greedy).", metavar="N")
+    ] = None,
+    patience: Annotated[
+        float | None, typer.Option(help="Beam search: finished candidates to wait for, times N.", metavar="P")
+    ] = None,
+    length_penalty: Annotated[
+        float | None,
+        typer.Option(
+            help="Rank candidates by log-prob / ((5 + length) / 6) ** ALPHA (default: / length).", metavar="ALPHA"
+        ),
+    ] = None,
     engine: Annotated[
         str, typer.Option(help="auto, torch, coreml (macOS) or mil (converted model, any OS).", metavar="ENGINE")
     ] = "auto",
@@ -228,6 +240,16 @@ def transcribe_command(
     }
     if temperature is not None:
         overrides["temperature"] = (temperature,)
+    try:
+        if beam_size is not None and beam_size < 1:
+            raise ValueError(f"--beam-size {beam_size}: must be at least 1")
+        if patience is not None and (beam_size is None or not patience > 0):
+            raise ValueError(f"--patience {patience}: needs --beam-size and must be more than 0")
+        if length_penalty is not None and not 0 <= length_penalty <= 1:
+            raise ValueError(f"--length-penalty {length_penalty}: must be between 0 and 1")
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+    overrides |= {"beam_size": beam_size, "patience": patience, "length_penalty": length_penalty}
     name = model or default_model()
     if Path(name).expanduser().exists():
         name = str(Path(name).expanduser().resolve())
@@ -436,6 +458,9 @@ def convert_command(
     ] = "macOS15",
     quantize: Annotated[str, typer.Option(help="none, int8, palettize-6 or palettize-4.")] = "none",
     max_tokens: Annotated[int, typer.Option(help="Decoder context (tokens).")] = 448,
+    beam_size: Annotated[
+        int, typer.Option(help="Rows of the beam-search decoder (0: none, greedy only).", metavar="N")
+    ] = 5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.", metavar="")] = False,
     help: HelpOption = False,
 ) -> None:
@@ -452,6 +477,7 @@ def convert_command(
             minimum_deployment_target=minimum_deployment_target,
             quantize=quantize,
             max_tokens=max_tokens,
+            beam_size=beam_size,
             progress=report_stage,
         )
     except ValueError as e:
