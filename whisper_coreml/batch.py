@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .audio import MelSource, probe_duration
-from .errors import NoAudioTrack, WhisperCoreMLError
+from .errors import NoAudioTrack, WhisperCoreMLError, os_problem
 from .journal import FileJournal
 from .locks import Claim, try_claim
 from .records import Record, State, input_identity, settings_key
@@ -242,11 +242,7 @@ def interrupt_on_sigterm() -> Iterator[None]:
 
 def describe_os_error(error: OSError, fallback: Path) -> str:
     """`path: problem` for a failed file operation, in words an editor can act on."""
-    path = error.filename or fallback
-    problem = (error.strerror or str(error)).rstrip(".")
-    if problem:
-        problem = problem[0].lower() + problem[1:]
-    return f"{path}: {problem}"
+    return f"{error.filename or fallback}: {os_problem(error)}"
 
 
 Event = Callable[[str, dict[str, Any]], None]

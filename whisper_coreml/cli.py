@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import WhisperCoreMLError
+from .errors import WhisperCoreMLError, os_problem
 
 if TYPE_CHECKING:
     from .batch import Outcome, Report
@@ -228,7 +228,7 @@ def transcribe_command(
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise fail(f"--output-dir {output_dir}: {_problem(e)}", 2) from None
+            raise fail(f"--output-dir {output_dir}: {os_problem(e)}", 2) from None
     if word_timestamps is None:  # cues under the rules are cut at word times when there are any
         word_timestamps = cues == "rules" and any(f in SUBTITLE_FORMATS for f in formats)
     overrides: dict = {
@@ -283,7 +283,7 @@ def transcribe_command(
         try:
             result.write(report)
         except OSError as e:
-            stderr.print(f"error: --report {report}: {_problem(e)}", markup=False, soft_wrap=True)
+            stderr.print(f"error: --report {report}: {os_problem(e)}", markup=False, soft_wrap=True)
             raise typer.Exit(1) from None
     presenter.summary(result)
     raise typer.Exit(result.exit_code)
@@ -303,11 +303,6 @@ def _exceptions(cues: dict | None) -> str:
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{option} {value}: choose one of {', '.join(choices)}")
-
-
-def _problem(error: OSError) -> str:
-    text = (error.strerror or str(error)).rstrip(".")
-    return text[:1].lower() + text[1:]
 
 
 class _Presenter:

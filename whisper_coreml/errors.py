@@ -27,3 +27,9 @@ class NoAudioTrack(AudioError):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, "no audio track")
+
+
+def os_problem(error: OSError) -> str:
+    """What went wrong with a file operation, as the rest of a one-line message: "read-only file system"."""
+    text = (error.strerror or str(error)).rstrip(".")
+    return text[:1].lower() + text[1:]
