@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from whisper_coreml.audio import decode_audio
+from whisper_coreml.audio import MelSource, decode_audio
 from whisper_coreml.catalog import catalog, installed_package, resolve_weights
 from whisper_coreml.model import ModelDimensions
 from whisper_coreml.weights import Weights, hf_to_openai_name
@@ -57,6 +57,19 @@ def speech(shared: Path) -> Callable[[str], Path]:
         return path
 
     return find
+
+
+@pytest.fixture(scope="session")
+def window(audio: Callable[[str], np.ndarray]) -> Callable[[str], np.ndarray]:
+    """`window("en/jfk_inaugural_excerpt.flac")`: a file's first 30-s log-mel window (80 mels), as
+    transcribe feeds it, computed once per session."""
+
+    @cache
+    def first(name: str) -> np.ndarray:
+        with MelSource.from_array(audio(name)) as source:
+            return source.window(0)
+
+    return first
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +19,11 @@ import pytest
 import torch
 
 import whisper_coreml as wc
-from whisper_coreml.audio import MelSource
 from whisper_coreml.decoding import DecodingOptions, DecodingOptionsError, decode_window, rank, top_k
 from whisper_coreml.weights import Weights
 
 CLIPS = ["en/arctic_a0010.wav", "en/librispeech_1995-1837-0001.wav"]
 LONG = "long/ljspeech_LJ001_0001-0020_concat.wav"  # a full 30-s window of continuous speech
-
-
-@pytest.fixture(scope="module")
-def window(audio: Callable[[str], np.ndarray]) -> Callable[[str], np.ndarray]:
-    """The first 30-s log-mel window of a file, as transcribe feeds it."""
-
-    @cache
-    def first(name: str) -> np.ndarray:
-        with MelSource.from_array(audio(name)) as source:
-            return source.window(0)
-
-    return first
 
 
 def openai_decode(model: Any, mel: np.ndarray, **options: Any) -> Any:

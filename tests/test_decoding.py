@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import whisper_coreml as wc
-from whisper_coreml.audio import MelSource
 from whisper_coreml.decoding import (
     ApplyTimestampRules,
     DecodingOptions,
@@ -49,18 +48,6 @@ def en(tiny_model: wc.WhisperModel) -> Tokenizer:
 def multi(base_weights) -> Tokenizer:
     assert base_weights.tokenizer_file is not None
     return Tokenizer(base_weights.tokenizer_file, 51865, 99, "en")
-
-
-@pytest.fixture(scope="module")
-def window(audio: Callable[[str], np.ndarray]) -> Callable[[str], np.ndarray]:
-    """The first 30-s log-mel window of a clip, as transcribe feeds it (80 mels)."""
-
-    @cache
-    def first(name: str) -> np.ndarray:
-        with MelSource.from_array(audio(name)) as source:
-            return source.window(0)
-
-    return first
 
 
 def text_logits(tokenizer: Tokenizer, favourite: int = 100, margin: float = 30.0) -> np.ndarray:
