@@ -485,3 +485,22 @@ def test_cue_durations_are_hard_limits_and_exceptions_are_reported(tmp_path: Pat
         assert rule in ("max_cps", "one_word", "split_word", "min_duration")
     if outcome["cues"]["exceptions"]:
         assert "cue rules not kept: " in result.stderr
+
+
+@pytest.mark.parametrize("beam_size", [None, 5])
+def test_journal_restores_a_transcription_exactly(
+    tmp_path: Path, audio: Callable[[str], np.ndarray], tiny_model: object, beam_size: int | None
+) -> None:
+    from whisper_coreml.journal import FileJournal
+
+    samples = audio("long/librivox_shakespeare_sonnet001.mp3")
+    journal = FileJournal(tmp_path / ".j", "key")
+    result = tiny_model.transcribe(samples, journal=journal, word_timestamps=True, beam_size=beam_size)
+    journal.finish(result)
+    assert all(type(t) is int for s in result.segments for t in s.tokens)
+    restored = FileJournal(tmp_path / ".j", "key").completed(result.model, result.task)
+    assert restored == result
+    assert FileJournal(tmp_path / ".j", "other settings").completed(result.model, result.task) is None
+    again = FileJournal(tmp_path / ".j", "key")  # a complete journal resumes with nothing left to decode
+    assert tiny_model.transcribe(samples, journal=again, word_timestamps=True, beam_size=beam_size) == result
+    assert again.windows == 0 and again.restored_windows == len(journal_windows(tmp_path / ".j"))

@@ -244,7 +244,7 @@ class WindowDecoder:
         else:
             candidates, sum_logprobs = self._sample(session, tokens, logits)
         best = rank(candidates, sum_logprobs, options.length_penalty)
-        chosen = candidates[best]
+        chosen = tuple(int(t) for t in candidates[best])  # plain ints: results are JSON (journals, outputs)
         text = self.tokenizer.decode(chosen).strip()
         return DecodingResult(
             tokens=chosen,
