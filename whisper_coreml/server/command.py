@@ -113,11 +113,16 @@ def serve_command(
     except OSError as e:
         raise _fail(f"--data-dir {directory}: {(e.strerror or str(e)).lower()}", 2) from None
 
-    import uvicorn
+    try:
+        import uvicorn
 
+        from .app import ServerConfig, create_app
+    except ImportError as e:
+        raise _fail(
+            f"the server needs its extra ({e.name} is missing): pip install 'whisper-coreml[server]'", 2
+        ) from None
     from ..api import load_model
     from ..errors import WhisperCoreMLError
-    from .app import ServerConfig, create_app
 
     try:
         whisper = load_model(model, engine=engine, device=device)
@@ -137,4 +142,6 @@ def serve_command(
         raise _fail(f"--data-dir {directory}: cannot open its job store ({e})", 1) from None
     where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     print(f"serving {whisper.name} on {where} (jobs in {directory})", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # A synchronous request waits for its job: on SIGTERM give requests 5 s, then the worker
+    # puts the job in progress back in the queue (its journal resumes it on the next start).
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
