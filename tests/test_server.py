@@ -174,11 +174,13 @@ def clip(speech: Callable[[str], Path]) -> Path:
 def cli_files(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], str]:
     """`cli_files(run, ext)`: what the CLI wrote for the clip in one of three runs: "words" (the
     subtitle formats and JSON: word timing on, as for every subtitle format), "plain" (txt and
-    json: no word timing) and "custom" (itt and srt at 30 fps with 20-character lines)."""
+    json: no word timing), "custom" (itt and srt at 30 fps with 20-character lines) and "beam"
+    (srt by beam search)."""
     runs = {
         "words": ("--format", "srt,vtt,fcpxml,itt,json"),
         "plain": ("--format", "txt,json"),
         "custom": ("--format", "itt,srt", "--fps", "30", "--max-line-width", "20"),
+        "beam": ("--format", "srt", "--beam-size", "5", "--patience", "2"),
     }
     folders = {}
     for name, args in runs.items():
@@ -212,6 +214,7 @@ def test_every_response_format_equals_the_cli(server: Server, clip: Path, cli_fi
         )
     assert raw.text == cli_files("custom", "itt")
     assert transcribe("srt", extra_body={"fps": "30", "max_line_width": "20"}) == cli_files("custom", "srt")
+    assert transcribe("srt", extra_body={"beam_size": 5, "patience": 2}) == cli_files("beam", "srt")
 
     expected = json.loads(cli_files("words", "json"))
     verbose = transcribe("verbose_json", timestamp_granularities=["word", "segment"])
@@ -451,6 +454,7 @@ def test_bad_uploads_are_400_with_the_cli_message_and_leave_nothing(
     for fields, message in (
         ({"response_format": "doc"}, "response_format 'doc'"),
         ({"max_line_width": "0"}, "max_line_width 0: must be at least 1"),
+        ({"patience": "2"}, "patience 2.0: needs beam_size and must be more than 0"),
         ({"fps": "31"}, "unknown frame rate '31'"),
         ({"language": "de"}, "English-only"),
         ({"colour": "red"}, "unknown field 'colour'"),

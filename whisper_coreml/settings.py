@@ -37,6 +37,9 @@ class Choices:
     task: str = "transcribe"
     initial_prompt: str | None = None
     temperature: float | None = None  # a fixed temperature; None falls back 0 -> 1
+    beam_size: int | None = None  # beam search at temperature 0; None: greedy
+    patience: float | None = None
+    length_penalty: float | None = None
     word_timestamps: bool | None = None
     cues: str = "rules"
     max_line_width: int = 42
@@ -70,6 +73,14 @@ def build_settings(model: str, choices: Choices, option: Callable[[str], str] = 
             f"{option('min_duration')} {choices.min_duration} is longer than "
             f"{option('max_duration')} {choices.max_duration}"
         )
+    if choices.beam_size is not None and choices.beam_size < 1:
+        raise ValueError(f"{option('beam_size')} {choices.beam_size}: must be at least 1")
+    if choices.patience is not None and (choices.beam_size is None or not choices.patience > 0):
+        raise ValueError(
+            f"{option('patience')} {choices.patience}: needs {option('beam_size')} and must be more than 0"
+        )
+    if choices.length_penalty is not None and not 0 <= choices.length_penalty <= 1:
+        raise ValueError(f"{option('length_penalty')} {choices.length_penalty}: must be between 0 and 1")
     formats = parse_formats(",".join(choices.formats))
     rules = CueRules(
         choices.max_line_width,
@@ -99,6 +110,11 @@ def build_settings(model: str, choices: Choices, option: Callable[[str], str] = 
     }
     if choices.temperature is not None:
         overrides["temperature"] = (choices.temperature,)
+    overrides |= {
+        "beam_size": choices.beam_size,
+        "patience": choices.patience,
+        "length_penalty": choices.length_penalty,
+    }
     return Settings(
         model,
         TranscriptionOptions(**overrides),

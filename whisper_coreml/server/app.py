@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 OPENAI_MODEL = "whisper-1"  # what OpenAI's clients ask for: here, the model this server runs
 # The CLI's choices a form may set, by their Choices names; OpenAI's own fields are read apart.
 CHOICE_FIELDS = (
+    "beam_size",
+    "patience",
+    "length_penalty",
     "word_timestamps",
     "cues",
     "max_line_width",
@@ -59,7 +62,12 @@ CHOICE_FIELDS = (
     "format_size",
     "highlight_words",
 )
-WRITE_FIELDS = frozenset(CHOICE_FIELDS) - {"word_timestamps"}  # what a stored result re-renders under
+WRITE_FIELDS = frozenset(CHOICE_FIELDS) - {
+    "beam_size",
+    "patience",
+    "length_penalty",
+    "word_timestamps",
+}  # what a stored result re-renders under
 OPENAI_FIELDS = frozenset(
     {"file", "model", "language", "prompt", "temperature", "response_format", "stream", "timestamp_granularities"}
 )
