@@ -258,7 +258,7 @@ class WindowDecoder:
 
     def _candidate(self, sequence: Sequence[int]) -> tuple[int, ...]:
         """The sampled part of a sequence, up to (without) its end-of-text."""
-        sampled = list(sequence[self.sample_begin :])
+        sampled = [int(t) for t in sequence[self.sample_begin :]]  # numpy rows hold np.int64, which JSON refuses
         eot = self.tokenizer.eot
         return tuple(sampled[: sampled.index(eot)] if eot in sampled else sampled)
 
