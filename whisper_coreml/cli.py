@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 
 from .errors import WhisperCoreMLError, os_problem
+from .server.command import serve_command
 
 if TYPE_CHECKING:
     from .batch import Outcome, Report
@@ -520,6 +521,9 @@ def verify_command(
         Console(highlight=False).print(line, markup=False, soft_wrap=True)
     if not report.passed:
         raise typer.Exit(1)
+
+
+app.command("serve")(serve_command)
 
 
 def main() -> None:
