@@ -107,6 +107,10 @@ def test_changed_settings_redo_outputs_and_same_settings_do_nothing(tmp_path: Pa
     assert narrow.returncode == 0, narrow.stderr
     assert max(len(line) for c in srt.parse(subs.read_text()) for line in c.content.splitlines()) <= 30
 
+    english = run(clip, "-f", "srt", "--fps", "29.97", "--max-line-width", "30", "--language", "en")
+    assert english.returncode == 0 and " s of audio in " in english.stderr  # a decoding setting: transcribed again
+    assert "no model work" not in english.stderr
+
     other_model = run(
         clip,
         "-f",
