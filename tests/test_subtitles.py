@@ -140,7 +140,7 @@ def test_check_cues_names_every_broken_rule() -> None:
     assert found[2, "max_line_width"].reason == "a single word is wider than a line"
     assert found[2, "max_cps"].reason == ""  # the last cue had all the time in the world
     # the last word could not join cue 1: together they would last 7.68 s
-    assert found[2, "one_word"] == Violation(2, "one_word", 1, 2, "pauses or full cues on both sides")
+    assert found[2, "one_word"] == Violation(2, "one_word", 1, 2, "no neighbour could take it")
     assert check_cues(cues, RULES, media_end=8.2)[-3:-1] == [
         Violation(2, "max_cps", pytest.approx(52 / 0.1), 20.0, "speech is faster than the reading speed"),
         Violation(2, "min_duration", pytest.approx(0.1), 5 / 6, "the media ends"),
@@ -155,11 +155,15 @@ def test_check_cues_excuses_a_one_word_cue_only_when_no_neighbour_could_take_it(
     assert one_word(Cue(0.0, 0.84, ("Now,",), words[:1]), Cue(0.92, 1.8, ("as all",), words[1:])) == [""]
     later = tuple(replace(w, start=w.start + 0.2, end=w.end + 0.2) for w in words[1:])  # a 0.3 s pause
     assert one_word(Cue(0.0, 0.84, ("Now,",), words[:1]), Cue(0.92, 1.8, ("as all",), later)) == [
-        "pauses or full cues on both sides"
+        "no neighbour could take it"
     ]
     full = ("a" * 40, "b" * 40)  # no room for another word
-    assert one_word(Cue(0.0, 0.84, ("Now,",)), Cue(0.92, 3.0, full)) == ["pauses or full cues on both sides"]
+    assert one_word(Cue(0.0, 0.84, ("Now,",)), Cue(0.92, 3.0, full)) == ["no neighbour could take it"]
     assert one_word(Cue(0.0, 0.84, ("Yes.",)), Cue(0.92, 1.8, ("I will.",))) == []  # a sentence is no fragment
+    # a new sentence's first word need not join the sentence before it
+    assert one_word(Cue(0.0, 0.84, ("It is.",)), Cue(0.92, 1.8, ("Now,",)), Cue(2.3, 3.0, ("we go",))) == [
+        "no neighbour could take it"
+    ]
 
 
 # --- building cues ------------------------------------------------------------------------------
@@ -307,14 +311,14 @@ def test_a_lone_short_word_at_the_media_end_starts_early_to_last_min_duration() 
     cues = build_cues(result(speech, seg(9.9, 10.0, " bye", (bye,), i=1), duration=10.0))
     assert cues[-1].text == "bye"
     assert (cues[-1].start, cues[-1].end) == pytest.approx((10.0 - 21 * FRAME, 10.0))  # ends with the media
-    assert check_cues(cues, RULES, 10.0) == [Violation(1, "one_word", 1, 2, "pauses or full cues on both sides")]
+    assert check_cues(cues, RULES, 10.0) == [Violation(1, "one_word", 1, 2, "no neighbour could take it")]
     # a media shorter than min_duration leaves its only cue short: reported, with the reason
     short = result(seg(0.0, 0.1, " bye", (replace(bye, start=0.0, end=0.1),)), duration=0.3)
     [cue] = build_cues(short)
     assert (cue.start, cue.end) == pytest.approx((0.0, 7 * FRAME))
     assert [(v.rule, v.reason) for v in check_cues([cue], RULES, 0.3)] == [
         ("min_duration", "the media ends"),
-        ("one_word", "pauses or full cues on both sides"),
+        ("one_word", "no neighbour could take it"),
     ]
     assert report_cues([cue], RULES, 0.3).summary() == "1 one-word cue, 1 cue under 0.83 s (shortest 0.28 s)"
     # the cues before the end make room, so that each of them lasts min_duration

@@ -473,9 +473,9 @@ def check_cues(cues: Sequence[Cue], rules: CueRules, media_end: float | None = N
     is given where the cue could not have obeyed: too fast when the next cue (or `media_end`)
     or max_duration left no room to stretch it, too short when the cues left could not all
     last min_duration before `media_end`, too wide when it is a single unbreakable word, alone
-    when pauses or full cues set it apart from both neighbours (see `_alone`); the pieces of a
-    word split by time are not one-word cues (`report_cues` counts them as split words). A cue
-    over max_duration is never excused: the builder splits it."""
+    when sentence ends, pauses or full cues set it apart from both neighbours (`_apart`); the
+    pieces of a word split by time are not one-word cues (`report_cues` counts them as split
+    words). A cue over max_duration is never excused: the builder splits it."""
     found = []
     gap, frame, tol = rules.min_gap, float(rules.fps.frame_duration), 1e-6
     # the media's end on the frame grid, as build_cues clamps the last cue to it
@@ -518,15 +518,15 @@ def _spoken(cue: Cue) -> tuple[float, float]:
 def _alone(cues: Sequence[Cue], k: int, rules: CueRules) -> str:
     """Why cue `k`, a single word, could not share a cue with a neighbour, or "" if it could."""
     if all(_apart(cues, *sorted((k, other)), rules) for other in (k - 1, k + 1)):
-        return "pauses or full cues on both sides"
+        return "no neighbour could take it"
     return ""
 
 
 def _apart(cues: Sequence[Cue], a: int, b: int, rules: CueRules) -> bool:
     """Must cues `a` and `b` (next to each other) stay apart: one of them does not exist, a
-    pause the builder reads as a boundary lies between them, or together they would last
-    longer than max_duration or need more than max_lines lines?"""
-    if a < 0 or b >= len(cues):
+    sentence ends or a pause the builder reads as a boundary lies between them, or together
+    they would last longer than max_duration or need more than max_lines lines?"""
+    if a < 0 or b >= len(cues) or _sentence_end(cues[a].lines[-1]):
         return True
     (start, end), (next_start, next_end) = _spoken(cues[a]), _spoken(cues[b])
     if next_start - end >= _PAUSE or next_end - start > rules.max_duration:
