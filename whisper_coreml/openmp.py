@@ -19,7 +19,7 @@ import os
 import sys
 import warnings
 
-SETTINGS = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "1"}
+SETTINGS = {"GOMP_SPINCOUNT": "100", "KMP_BLOCKTIME": "1"}  # libgomp's own count when oversubscribed
 _late = False  # torch was loaded before we could configure its OpenMP runtime
 
 
