@@ -56,6 +56,7 @@ TEMPERATURES = bench.TEMPERATURES
 KINDS = ("silence", "room tone", "music", "speech-shaped noise")
 EARLY_S = 0.5  # a cue starting more than this before its speech starts too early
 REFERENCE = "faster-b5-vad"  # the system every ratio is taken against
+SHOW_SILENT = 4  # cues over no speech printed per system; --json has them all
 DEFAULT_FOLDER = Path(tempfile.gettempdir()) / "whisper-coreml-longform"
 
 # Every peer configuration: openai-whisper and faster-whisper with their own transcribe() defaults
@@ -525,22 +526,30 @@ def _words(text: str) -> list[str]:
     return EnglishTextNormalizer()(text).split()
 
 
-def score_cues(cues: list[list], regions: list[dict]) -> dict:
+def score_cues(cues: list[list], meta: dict) -> dict:
     """Cues over no speech (and their words), and cues starting > EARLY_S before their speech.
 
-    A cue over no speech is either invented text or real words timed off their speech: it notes
-    the nearest region, how far away it is, and whether all its words are in that region's text."""
-    silent, early, on_speech = [], [], 0
+    A cue with no text shows nothing and is not counted. A cue over no speech is either invented
+    text or real words timed off their speech: it notes the background it lies on, the nearest
+    utterance, how far away that is, and whether all its words are in that utterance's text."""
+    regions = meta["regions"]
+    silent, early, shown, on_speech = [], [], 0, 0
     for start, end, text in cues:
+        if not text.strip():
+            continue
+        shown += 1
         overlapped = [r for r in regions if start < r["end"] and end > r["start"]]
         if not overlapped:
             near = min(regions, key=lambda r: max(r["start"] - end, start - r["end"]))
+            gap = max(meta["gaps"], key=lambda g: min(end, g["end"]) - max(start, g["start"]))
             words = _words(text)
             silent.append(
                 {
                     "start": start,
                     "end": end,
                     "text": text.strip(),
+                    "words": len(words),
+                    "background": gap["kind"],
                     "nearest_region_s": round(max(near["start"] - end, start - near["end"]), 3),
                     "words_of_nearest_region": bool(words) and set(words) <= set(_words(near["text"])),
                 }
@@ -550,12 +559,12 @@ def score_cues(cues: list[list], regions: list[dict]) -> dict:
         first = min(overlapped, key=lambda r: r["start"])
         if start < first["start"] - EARLY_S:
             early.append({"start": start, "end": end, "speech_start": first["start"], "text": text.strip()})
-    return {"cues": len(cues), "on_speech": on_speech, "silent": silent, "early": early}
+    return {"cues": shown, "on_speech": on_speech, "silent": silent, "early": early}
 
 
 def summarise(name: str, files: list[dict], metas: list[dict], peak_rss_mb: float, load_s: float | None) -> dict:
     refs = [" ".join(r["text"] for r in m["regions"]) for m in metas]
-    scores = [score_cues(f["cues"], m["regions"]) for f, m in zip(files, metas, strict=True)]
+    scores = [score_cues(f["cues"], m) for f, m in zip(files, metas, strict=True)]
     on_speech = sum(s["on_speech"] for s in scores)
     silent = [c for s in scores for c in s["silent"]]
     early = sum(len(s["early"]) for s in scores)
@@ -567,7 +576,9 @@ def summarise(name: str, files: list[dict], metas: list[dict], peak_rss_mb: floa
         "wer": bench.corpus_wer(refs, [f["text"] for f in files]),
         "cues": sum(s["cues"] for s in scores),
         "silent_cues": len(silent),
-        "silent_words": sum(len(c["text"].split()) for c in silent),
+        "silent_words": sum(c["words"] for c in silent),
+        "silent_by_background": {k: sum(c["background"] == k for c in silent) for k in KINDS},
+        "silent_misplaced": sum(c["words_of_nearest_region"] for c in silent),
         "early_cues": early,
         "early_pct": 100 * early / on_speech if on_speech else 0.0,
         "wall_s": wall,
@@ -731,13 +742,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(metas)} recordings, {audio_s / 60:.1f} min; model {args.model}; {info['cpu']}; {info['date']}")
     print_table(rows)
     check_targets(rows)
+    print("\ncues over no speech, by background; 'misplaced': real words of the nearest utterance")
     for name, r in rows.items():
-        for c in r["silent"]:
+        if not r["silent"]:
+            continue
+        kinds = ", ".join(f"{k} {n}" for k, n in r["silent_by_background"].items() if n)
+        print(f"{name}: {kinds}; misplaced {r['silent_misplaced']} of {r['silent_cues']}")
+        for c in r["silent"][:SHOW_SILENT]:
             where = "words of" if c["words_of_nearest_region"] else "not the words of"
             print(
-                f"  {name}: cue over no speech {c['start']:.2f}-{c['end']:.2f} s: {c['text']!r} "
+                f"  {c['start']:.2f}-{c['end']:.2f} s on {c['background']}: {c['text'][:70]!r} "
                 f"({where} the utterance {c['nearest_region_s']:.2f} s away)"
             )
+        if len(r["silent"]) > SHOW_SILENT:
+            print(f"  ... {len(r['silent']) - SHOW_SILENT} more (all in --json)")
     if args.json:
         report = {
             "machine": info,
