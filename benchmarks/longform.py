@@ -1,7 +1,7 @@
 """Long recordings where speech is the exception: do cues stay on the speech, and is the text right?
 
     python benchmarks/longform.py [--model tiny.en] [--folder /tmp/whisper-coreml-longform]
-                                  [--recordings 6] [--systems ours,ours-raw,...] [--json results.json]
+                                  [--recordings 5] [--systems ours,ours-raw,...] [--json results.json]
                                   [--ours NAME=ARGS ...] [--ours-args ARGS]
 
 Issue 10. Builds, deterministically from a seed, long 16 kHz recordings out of the real English
@@ -526,12 +526,18 @@ def _words(text: str) -> list[str]:
     return EnglishTextNormalizer()(text).split()
 
 
+def _mostly_within(words: list[str], reference: list[str]) -> bool:
+    """At least half of `words` (and at least one) are words of `reference`."""
+    vocabulary = set(reference)
+    return bool(words) and 2 * sum(w in vocabulary for w in words) >= len(words)
+
+
 def score_cues(cues: list[list], meta: dict) -> dict:
     """Cues over no speech (and their words), and cues starting > EARLY_S before their speech.
 
     A cue with no text shows nothing and is not counted. A cue over no speech is either invented
-    text or real words timed off their speech: it notes the background it lies on, the nearest
-    utterance, how far away that is, and whether all its words are in that utterance's text."""
+    text or real words timed off their speech: it notes the background it lies on, how far the
+    speech before and after it is, and which of those two utterances, if any, holds most of its words."""
     regions = meta["regions"]
     silent, early, shown, on_speech = [], [], 0, 0
     for start, end, text in cues:
@@ -540,9 +546,11 @@ def score_cues(cues: list[list], meta: dict) -> dict:
         shown += 1
         overlapped = [r for r in regions if start < r["end"] and end > r["start"]]
         if not overlapped:
-            near = min(regions, key=lambda r: max(r["start"] - end, start - r["end"]))
+            before = [r for r in regions if r["end"] <= start][-1:]
+            after = [r for r in regions if r["start"] >= end][:1]
             gap = max(meta["gaps"], key=lambda g: min(end, g["end"]) - max(start, g["start"]))
             words = _words(text)
+            owner = next((r for r in before + after if _mostly_within(words, _words(r["text"]))), None)
             silent.append(
                 {
                     "start": start,
@@ -550,8 +558,9 @@ def score_cues(cues: list[list], meta: dict) -> dict:
                     "text": text.strip(),
                     "words": len(words),
                     "background": gap["kind"],
-                    "nearest_region_s": round(max(near["start"] - end, start - near["end"]), 3),
-                    "words_of_nearest_region": bool(words) and set(words) <= set(_words(near["text"])),
+                    "speech_before_s": round(start - before[0]["end"], 3) if before else None,
+                    "speech_after_s": round(after[0]["start"] - end, 3) if after else None,
+                    "misplaced_from": None if owner is None else owner["source"],
                 }
             )
             continue
@@ -578,7 +587,7 @@ def summarise(name: str, files: list[dict], metas: list[dict], peak_rss_mb: floa
         "silent_cues": len(silent),
         "silent_words": sum(c["words"] for c in silent),
         "silent_by_background": {k: sum(c["background"] == k for c in silent) for k in KINDS},
-        "silent_misplaced": sum(c["words_of_nearest_region"] for c in silent),
+        "silent_misplaced": sum(c["misplaced_from"] is not None for c in silent),
         "early_cues": early,
         "early_pct": 100 * early / on_speech if on_speech else 0.0,
         "wall_s": wall,
@@ -742,18 +751,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(metas)} recordings, {audio_s / 60:.1f} min; model {args.model}; {info['cpu']}; {info['date']}")
     print_table(rows)
     check_targets(rows)
-    print("\ncues over no speech, by background; 'misplaced': real words of the nearest utterance")
+    print("\ncues over no speech, by background; 'misplaced': mostly words of the utterance before or after")
     for name, r in rows.items():
         if not r["silent"]:
             continue
         kinds = ", ".join(f"{k} {n}" for k, n in r["silent_by_background"].items() if n)
         print(f"{name}: {kinds}; misplaced {r['silent_misplaced']} of {r['silent_cues']}")
         for c in r["silent"][:SHOW_SILENT]:
-            where = "words of" if c["words_of_nearest_region"] else "not the words of"
-            print(
-                f"  {c['start']:.2f}-{c['end']:.2f} s on {c['background']}: {c['text'][:70]!r} "
-                f"({where} the utterance {c['nearest_region_s']:.2f} s away)"
-            )
+            owner = f"words of {c['misplaced_from']}" if c["misplaced_from"] else "not the neighbours' words"
+            print(f"  {c['start']:.2f}-{c['end']:.2f} s on {c['background']}: {c['text'][:70]!r} ({owner})")
         if len(r["silent"]) > SHOW_SILENT:
             print(f"  ... {len(r['silent']) - SHOW_SILENT} more (all in --json)")
     if args.json:
