@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -520,10 +522,15 @@ def ours_version(env: dict[str, str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _words(text: str) -> list[str]:
+@functools.cache
+def _normalizer() -> Callable[[str], str]:
     from whisper.normalizers import EnglishTextNormalizer
 
-    return EnglishTextNormalizer()(text).split()
+    return EnglishTextNormalizer()
+
+
+def _words(text: str) -> list[str]:
+    return _normalizer()(text).split()
 
 
 def _mostly_within(words: list[str], reference: list[str]) -> bool:
