@@ -1,10 +1,10 @@
 """Long recordings where speech is the exception: do cues stay on the speech, and is the text right?
 
     python benchmarks/longform.py [--model tiny.en] [--folder /tmp/whisper-coreml-longform]
-                                  [--recordings 5] [--systems ours,ours-raw,...] [--json results.json]
-                                  [--ours NAME=ARGS ...] [--ours-args ARGS]
+                                  [--seeds 10,11] [--recordings 5] [--systems ours,ours-raw,...]
+                                  [--json results.json] [--ours NAME=ARGS ...] [--ours-args ARGS]
 
-Issue 10. Builds, deterministically from a seed, long 16 kHz recordings out of the real English
+Issue 10. Builds, deterministically from each seed, long 16 kHz recordings out of the real English
 utterances of `<shared>/speech/en` (all of them, spread over the recordings), separated by 15-35 s
 of one of four backgrounds: digital silence, room tone (filtered noise at about -50 dBFS), music
 synthesised from sines with envelopes and a drum kit of noise bursts (at speech level), and
@@ -560,6 +560,7 @@ def score_cues(cues: list[list], meta: dict) -> dict:
             owner = next((r for r in before + after if _mostly_within(words, _words(r["text"]))), None)
             silent.append(
                 {
+                    "recording": f"seed-{meta['seed']}/{meta['audio']}",
                     "start": start,
                     "end": end,
                     "text": text.strip(),
@@ -661,9 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help="scratch folder for recordings and outputs")
     ap.add_argument("--recordings", type=int, default=5, help="how many recordings the 36 utterances are spread over")
-    ap.add_argument("--limit", type=int, default=0, help="score only the first N recordings (quick runs)")
+    ap.add_argument("--limit", type=int, default=0, help="score only the first N recordings of each seed")
     ap.add_argument("--gap", default="15,35", help="MIN,MAX seconds of background between utterances")
-    ap.add_argument("--seed", type=int, default=10)
+    ap.add_argument("--seeds", default="10,11", help="one set of recordings per seed, all scored together")
     ap.add_argument("--systems", help="comma-separated systems to run (default: every ours variant and peer)")
     ap.add_argument("--ours", action="append", default=[], metavar="NAME=ARGS", help="another variant of our CLI")
     ap.add_argument("--ours-args", default="", metavar="ARGS", help="arguments added to every ours variant")
@@ -683,6 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         low, high = (float(x) for x in args.gap.split(","))
     except ValueError:
         ap.error(f"--gap {args.gap!r}: expected MIN,MAX seconds")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds {args.seeds!r}: expected integers separated by commas")
     speech = bench.shared_dir() / "speech" / "en"
     if not speech.is_dir():
         print(f"benchmark skipped: no speech at {speech} (set WHISPER_COREML_SHARED to the shared/ folder)")
@@ -690,18 +695,19 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO))
     utterances = load_utterances(speech)
-    recordings = build_recordings(utterances, args.folder, args.recordings, args.seed, (low, high))
+    recordings: list[Path] = []
+    for seed in seeds:
+        built = build_recordings(utterances, args.folder / f"seed-{seed}", args.recordings, seed, (low, high))
+        recordings += built[: args.limit] if args.limit else built
     metas = [json.loads(p.with_suffix(".json").read_text()) for p in recordings]
     total = sum(m["duration"] for m in metas)
     speech_s = sum(r["end"] - r["start"] for m in metas for r in m["regions"])
     print(
         f"{len(recordings)} recordings in {args.folder}: {total / 60:.1f} min, of which {speech_s / 60:.1f} min "
-        f"speech ({len(utterances)} utterances), seed {args.seed}"
+        f"speech ({len(utterances)} utterances for each of the seeds {', '.join(map(str, seeds))})"
     )
     if args.build_only:
         return 0
-    if args.limit:
-        recordings, metas = recordings[: args.limit], metas[: args.limit]
 
     info = bench.machine_info(args.threads)
     print(
@@ -736,10 +742,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, path in enumerate(recordings):  # systems take turns, rotating who goes first
             k = i % len(systems)
             for name in systems[k:] + systems[:k]:
-                print(f"  {path.name}: {name} ...", end="", flush=True)
+                print(f"  {path.parent.name}/{path.name}: {name} ...", end="", flush=True)
                 files[name].append(runners[name].transcribe(path))
                 print(f" {files[name][-1]['wall_s']:.1f} s", flush=True)
-        rows, versions = {}, {}
+        rows, versions, per_seed = {}, {}, {}
         for name in systems:
             runner = runners[name]
             if isinstance(runner, Peer):
@@ -749,6 +755,12 @@ def main(argv: list[str] | None = None) -> int:
                 peak, load_s = runner.peak_rss_mb, runner.load_s
                 versions[name] = ours_version(child_env(args.threads))
             rows[name] = summarise(name, files[name], metas, peak, load_s)
+            pairs = list(zip(files[name], metas, strict=True))
+            per_seed[name] = {
+                seed: summarise(name, [f for f, m in pairs if m["seed"] == seed], picked, peak, load_s)
+                for seed in seeds
+                if (picked := [m for _, m in pairs if m["seed"] == seed])
+            }
     finally:
         for runner in runners.values():
             if isinstance(runner, Peer):
@@ -758,6 +770,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(metas)} recordings, {audio_s / 60:.1f} min; model {args.model}; {info['cpu']}; {info['date']}")
     print_table(rows)
     check_targets(rows)
+    if len(seeds) > 1:
+        print("\nper seed: WER %, cues over no speech, early %")
+        for name, by_seed in per_seed.items():
+            cells = "   ".join(
+                f"{seed}: {r['wer']:5.2f} {r['silent_cues']:3d} {r['early_pct']:5.1f}" for seed, r in by_seed.items()
+            )
+            print(f"{name:<20} {cells}")
     print("\ncues over no speech, by background; 'misplaced': mostly words of the utterance before or after")
     for name, r in rows.items():
         if not r["silent"]:
@@ -766,20 +785,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {kinds}; misplaced {r['silent_misplaced']} of {r['silent_cues']}")
         for c in r["silent"][:SHOW_SILENT]:
             owner = f"words of {c['misplaced_from']}" if c["misplaced_from"] else "not the neighbours' words"
-            print(f"  {c['start']:.2f}-{c['end']:.2f} s on {c['background']}: {c['text'][:70]!r} ({owner})")
+            print(
+                f"  {c['recording']} {c['start']:.2f}-{c['end']:.2f} s on {c['background']}: "
+                f"{c['text'][:60]!r} ({owner})"
+            )
         if len(r["silent"]) > SHOW_SILENT:
             print(f"  ... {len(r['silent']) - SHOW_SILENT} more (all in --json)")
     if args.json:
         report = {
             "machine": info,
             "model": args.model,
-            "seed": args.seed,
+            "seeds": seeds,
             "gap_s": [low, high],
             "recordings": [str(p) for p in recordings],
             "ours_args": {n: a for n, a in ours.items() if n in systems},
             "versions": versions,
             "openai_input": openai_input,
             "summary": rows,
+            "per_seed": per_seed,
             "files": files,
         }
         args.json.write_text(json.dumps(report, indent=1) + "\n")
