@@ -1,10 +1,10 @@
 """Long recordings where speech is the exception: do cues stay on the speech, and is the text right?
 
     python benchmarks/longform.py [--model tiny.en] [--folder /tmp/whisper-coreml-longform]
-                                  [--recordings 6] [--systems ours,ours-raw,...] [--json results.json]
-                                  [--ours NAME=ARGS ...] [--ours-args ARGS]
+                                  [--seeds 10,11] [--recordings 5] [--systems ours,ours-raw,...]
+                                  [--json results.json] [--ours NAME=ARGS ...] [--ours-args ARGS]
 
-Issue 10. Builds, deterministically from a seed, long 16 kHz recordings out of the real English
+Issue 10. Builds, deterministically from each seed, long 16 kHz recordings out of the real English
 utterances of `<shared>/speech/en` (all of them, spread over the recordings), separated by 15-35 s
 of one of four backgrounds: digital silence, room tone (filtered noise at about -50 dBFS), music
 synthesised from sines with envelopes and a drum kit of noise bursts (at speech level), and
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,7 @@ TEMPERATURES = bench.TEMPERATURES
 KINDS = ("silence", "room tone", "music", "speech-shaped noise")
 EARLY_S = 0.5  # a cue starting more than this before its speech starts too early
 REFERENCE = "faster-b5-vad"  # the system every ratio is taken against
+SHOW_SILENT = 4  # cues over no speech printed per system; --json has them all
 DEFAULT_FOLDER = Path(tempfile.gettempdir()) / "whisper-coreml-longform"
 
 # Every peer configuration: openai-whisper and faster-whisper with their own transcribe() defaults
@@ -519,30 +522,53 @@ def ours_version(env: dict[str, str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _words(text: str) -> list[str]:
+@functools.cache
+def _normalizer() -> Callable[[str], str]:
     from whisper.normalizers import EnglishTextNormalizer
 
-    return EnglishTextNormalizer()(text).split()
+    return EnglishTextNormalizer()
 
 
-def score_cues(cues: list[list], regions: list[dict]) -> dict:
+def _words(text: str) -> list[str]:
+    return _normalizer()(text).split()
+
+
+def _mostly_within(words: list[str], reference: list[str]) -> bool:
+    """At least half of `words` (and at least one) are words of `reference`."""
+    vocabulary = set(reference)
+    return bool(words) and 2 * sum(w in vocabulary for w in words) >= len(words)
+
+
+def score_cues(cues: list[list], meta: dict) -> dict:
     """Cues over no speech (and their words), and cues starting > EARLY_S before their speech.
 
-    A cue over no speech is either invented text or real words timed off their speech: it notes
-    the nearest region, how far away it is, and whether all its words are in that region's text."""
-    silent, early, on_speech = [], [], 0
+    A cue with no text shows nothing and is not counted. A cue over no speech is either invented
+    text or real words timed off their speech: it notes the background it lies on, how far the
+    speech before and after it is, and which of those two utterances, if any, holds most of its words."""
+    regions = meta["regions"]
+    silent, early, shown, on_speech = [], [], 0, 0
     for start, end, text in cues:
+        if not text.strip():
+            continue
+        shown += 1
         overlapped = [r for r in regions if start < r["end"] and end > r["start"]]
         if not overlapped:
-            near = min(regions, key=lambda r: max(r["start"] - end, start - r["end"]))
+            before = [r for r in regions if r["end"] <= start][-1:]
+            after = [r for r in regions if r["start"] >= end][:1]
+            gap = max(meta["gaps"], key=lambda g: min(end, g["end"]) - max(start, g["start"]))
             words = _words(text)
+            owner = next((r for r in before + after if _mostly_within(words, _words(r["text"]))), None)
             silent.append(
                 {
+                    "recording": f"seed-{meta['seed']}/{meta['audio']}",
                     "start": start,
                     "end": end,
                     "text": text.strip(),
-                    "nearest_region_s": round(max(near["start"] - end, start - near["end"]), 3),
-                    "words_of_nearest_region": bool(words) and set(words) <= set(_words(near["text"])),
+                    "words": len(words),
+                    "background": gap["kind"],
+                    "speech_before_s": round(start - before[0]["end"], 3) if before else None,
+                    "speech_after_s": round(after[0]["start"] - end, 3) if after else None,
+                    "misplaced_from": None if owner is None else owner["source"],
                 }
             )
             continue
@@ -550,12 +576,12 @@ def score_cues(cues: list[list], regions: list[dict]) -> dict:
         first = min(overlapped, key=lambda r: r["start"])
         if start < first["start"] - EARLY_S:
             early.append({"start": start, "end": end, "speech_start": first["start"], "text": text.strip()})
-    return {"cues": len(cues), "on_speech": on_speech, "silent": silent, "early": early}
+    return {"cues": shown, "on_speech": on_speech, "silent": silent, "early": early}
 
 
 def summarise(name: str, files: list[dict], metas: list[dict], peak_rss_mb: float, load_s: float | None) -> dict:
     refs = [" ".join(r["text"] for r in m["regions"]) for m in metas]
-    scores = [score_cues(f["cues"], m["regions"]) for f, m in zip(files, metas, strict=True)]
+    scores = [score_cues(f["cues"], m) for f, m in zip(files, metas, strict=True)]
     on_speech = sum(s["on_speech"] for s in scores)
     silent = [c for s in scores for c in s["silent"]]
     early = sum(len(s["early"]) for s in scores)
@@ -567,7 +593,9 @@ def summarise(name: str, files: list[dict], metas: list[dict], peak_rss_mb: floa
         "wer": bench.corpus_wer(refs, [f["text"] for f in files]),
         "cues": sum(s["cues"] for s in scores),
         "silent_cues": len(silent),
-        "silent_words": sum(len(c["text"].split()) for c in silent),
+        "silent_words": sum(c["words"] for c in silent),
+        "silent_by_background": {k: sum(c["background"] == k for c in silent) for k in KINDS},
+        "silent_misplaced": sum(c["misplaced_from"] is not None for c in silent),
         "early_cues": early,
         "early_pct": 100 * early / on_speech if on_speech else 0.0,
         "wall_s": wall,
@@ -634,9 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help="scratch folder for recordings and outputs")
     ap.add_argument("--recordings", type=int, default=5, help="how many recordings the 36 utterances are spread over")
-    ap.add_argument("--limit", type=int, default=0, help="score only the first N recordings (quick runs)")
+    ap.add_argument("--limit", type=int, default=0, help="score only the first N recordings of each seed")
     ap.add_argument("--gap", default="15,35", help="MIN,MAX seconds of background between utterances")
-    ap.add_argument("--seed", type=int, default=10)
+    ap.add_argument("--seeds", default="10,11", help="one set of recordings per seed, all scored together")
     ap.add_argument("--systems", help="comma-separated systems to run (default: every ours variant and peer)")
     ap.add_argument("--ours", action="append", default=[], metavar="NAME=ARGS", help="another variant of our CLI")
     ap.add_argument("--ours-args", default="", metavar="ARGS", help="arguments added to every ours variant")
@@ -656,6 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         low, high = (float(x) for x in args.gap.split(","))
     except ValueError:
         ap.error(f"--gap {args.gap!r}: expected MIN,MAX seconds")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds {args.seeds!r}: expected integers separated by commas")
     speech = bench.shared_dir() / "speech" / "en"
     if not speech.is_dir():
         print(f"benchmark skipped: no speech at {speech} (set WHISPER_COREML_SHARED to the shared/ folder)")
@@ -663,18 +695,19 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO))
     utterances = load_utterances(speech)
-    recordings = build_recordings(utterances, args.folder, args.recordings, args.seed, (low, high))
+    recordings: list[Path] = []
+    for seed in seeds:
+        built = build_recordings(utterances, args.folder / f"seed-{seed}", args.recordings, seed, (low, high))
+        recordings += built[: args.limit] if args.limit else built
     metas = [json.loads(p.with_suffix(".json").read_text()) for p in recordings]
     total = sum(m["duration"] for m in metas)
     speech_s = sum(r["end"] - r["start"] for m in metas for r in m["regions"])
     print(
         f"{len(recordings)} recordings in {args.folder}: {total / 60:.1f} min, of which {speech_s / 60:.1f} min "
-        f"speech ({len(utterances)} utterances), seed {args.seed}"
+        f"speech ({len(utterances)} utterances for each of the seeds {', '.join(map(str, seeds))})"
     )
     if args.build_only:
         return 0
-    if args.limit:
-        recordings, metas = recordings[: args.limit], metas[: args.limit]
 
     info = bench.machine_info(args.threads)
     print(
@@ -709,10 +742,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, path in enumerate(recordings):  # systems take turns, rotating who goes first
             k = i % len(systems)
             for name in systems[k:] + systems[:k]:
-                print(f"  {path.name}: {name} ...", end="", flush=True)
+                print(f"  {path.parent.name}/{path.name}: {name} ...", end="", flush=True)
                 files[name].append(runners[name].transcribe(path))
                 print(f" {files[name][-1]['wall_s']:.1f} s", flush=True)
-        rows, versions = {}, {}
+        rows, versions, per_seed = {}, {}, {}
         for name in systems:
             runner = runners[name]
             if isinstance(runner, Peer):
@@ -722,6 +755,12 @@ def main(argv: list[str] | None = None) -> int:
                 peak, load_s = runner.peak_rss_mb, runner.load_s
                 versions[name] = ours_version(child_env(args.threads))
             rows[name] = summarise(name, files[name], metas, peak, load_s)
+            pairs = list(zip(files[name], metas, strict=True))
+            per_seed[name] = {
+                seed: summarise(name, [f for f, m in pairs if m["seed"] == seed], picked, peak, load_s)
+                for seed in seeds
+                if (picked := [m for _, m in pairs if m["seed"] == seed])
+            }
     finally:
         for runner in runners.values():
             if isinstance(runner, Peer):
@@ -731,24 +770,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(metas)} recordings, {audio_s / 60:.1f} min; model {args.model}; {info['cpu']}; {info['date']}")
     print_table(rows)
     check_targets(rows)
-    for name, r in rows.items():
-        for c in r["silent"]:
-            where = "words of" if c["words_of_nearest_region"] else "not the words of"
-            print(
-                f"  {name}: cue over no speech {c['start']:.2f}-{c['end']:.2f} s: {c['text']!r} "
-                f"({where} the utterance {c['nearest_region_s']:.2f} s away)"
+    if len(seeds) > 1:
+        print("\nper seed: WER %, cues over no speech, early %")
+        for name, by_seed in per_seed.items():
+            cells = "   ".join(
+                f"{seed}: {r['wer']:5.2f} {r['silent_cues']:3d} {r['early_pct']:5.1f}" for seed, r in by_seed.items()
             )
+            print(f"{name:<20} {cells}")
+    print("\ncues over no speech, by background; 'misplaced': mostly words of the utterance before or after")
+    for name, r in rows.items():
+        if not r["silent"]:
+            continue
+        kinds = ", ".join(f"{k} {n}" for k, n in r["silent_by_background"].items() if n)
+        print(f"{name}: {kinds}; misplaced {r['silent_misplaced']} of {r['silent_cues']}")
+        for c in r["silent"][:SHOW_SILENT]:
+            owner = f"words of {c['misplaced_from']}" if c["misplaced_from"] else "not the neighbours' words"
+            print(
+                f"  {c['recording']} {c['start']:.2f}-{c['end']:.2f} s on {c['background']}: "
+                f"{c['text'][:60]!r} ({owner})"
+            )
+        if len(r["silent"]) > SHOW_SILENT:
+            print(f"  ... {len(r['silent']) - SHOW_SILENT} more (all in --json)")
     if args.json:
         report = {
             "machine": info,
             "model": args.model,
-            "seed": args.seed,
+            "seeds": seeds,
             "gap_s": [low, high],
             "recordings": [str(p) for p in recordings],
             "ours_args": {n: a for n, a in ours.items() if n in systems},
             "versions": versions,
             "openai_input": openai_input,
             "summary": rows,
+            "per_seed": per_seed,
             "files": files,
         }
         args.json.write_text(json.dumps(report, indent=1) + "\n")
