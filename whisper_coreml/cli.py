@@ -182,45 +182,45 @@ def transcribe_command(
     under --output-dir. Outputs already made from the same input with the same settings are
     skipped; a bad file never stops the rest."""
     from .api import WhisperModel, load_model
-    from .batch import Settings, discover, plan, run_batch
+    from .batch import discover, plan, run_batch
     from .catalog import default_model
     from .engines import ENGINES
-    from .subtitles import CueRules
-    from .timecode import frame_rate
-    from .tokenizer import language_code
-    from .transcribe import TranscriptionOptions
-    from .writers import SUBTITLE_FORMATS, WriteOptions, parse_formats
+    from .settings import Choices, build_settings
+    from .writers import parse_formats
 
+    name = model or default_model()
+    if Path(name).expanduser().exists():
+        name = str(Path(name).expanduser().resolve())
+    choices = Choices(
+        formats=tuple(format),
+        language=language,
+        task=task,
+        initial_prompt=initial_prompt,
+        temperature=temperature,
+        beam_size=beam_size,
+        patience=patience,
+        length_penalty=length_penalty,
+        word_timestamps=word_timestamps,
+        cues=cues,
+        max_line_width=max_line_width,
+        max_lines=max_lines,
+        max_cps=max_cps,
+        min_duration=min_duration,
+        max_duration=max_duration,
+        fps=fps,
+        fcpxml_version=fcpxml_version,
+        fcpxml_style=fcpxml_style,
+        format_size=format_size,
+        fcpxml_with_media=fcpxml_with_media,
+        highlight_words=highlight_words,
+    )
     try:
         _check_choice("--engine", engine, ENGINES)
         if device is not None:
             _check_choice("--device", device, ("auto", "cpu", "cuda", "mps"))
-        _check_choice("--task", task, ("transcribe", "translate"))
-        for option, value, least in (
-            ("--max-line-width", max_line_width, 1),
-            ("--max-lines", max_lines, 1),
-        ):
-            if value < least:
-                raise ValueError(f"{option} {value}: must be at least {least}")
-        positive = (("--max-cps", max_cps), ("--min-duration", min_duration), ("--max-duration", max_duration))
-        for option, number in positive:
-            if not number > 0:
-                raise ValueError(f"{option} {number}: must be more than 0")
-        if min_duration > max_duration:
-            raise ValueError(f"--min-duration {min_duration} is longer than --max-duration {max_duration}")
-        formats = parse_formats(",".join(format))
-        rules = CueRules(max_line_width, max_lines, max_cps, min_duration, max_duration, fps=frame_rate(fps or "25"))
-        write_options = WriteOptions(
-            cues=cues,
-            rules=rules,
-            fcpxml_version=fcpxml_version,
-            fcpxml_style=fcpxml_style,
-            highlight_words=highlight_words,
-            format_size=format_size,
-        )
-        code = language_code(language) if language is not None else None
+        settings = build_settings(name, choices)  # the same checks and defaults as the server's
         found = discover(paths, recursive, include or (), exclude or ())
-        jobs = plan(found.inputs, formats, output_dir)
+        jobs = plan(found.inputs, parse_formats(",".join(format)), output_dir)
     except ValueError as e:
         raise fail(str(e), 2) from None
     if not jobs:
@@ -230,37 +230,6 @@ def transcribe_command(
             output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise fail(f"--output-dir {output_dir}: {os_problem(e)}", 2) from None
-    if word_timestamps is None:  # cues under the rules are cut at word times when there are any
-        word_timestamps = cues == "rules" and any(f in SUBTITLE_FORMATS for f in formats)
-    overrides: dict = {
-        "language": code,
-        "task": task,
-        "initial_prompt": initial_prompt,
-        "word_timestamps": word_timestamps,
-        "words_at_pauses": word_timestamps and cues == "rules",
-    }
-    if temperature is not None:
-        overrides["temperature"] = (temperature,)
-    try:
-        if beam_size is not None and beam_size < 1:
-            raise ValueError(f"--beam-size {beam_size}: must be at least 1")
-        if patience is not None and (beam_size is None or not patience > 0):
-            raise ValueError(f"--patience {patience}: needs --beam-size and must be more than 0")
-        if length_penalty is not None and not 0 <= length_penalty <= 1:
-            raise ValueError(f"--length-penalty {length_penalty}: must be between 0 and 1")
-    except ValueError as e:
-        raise fail(str(e), 2) from None
-    overrides |= {"beam_size": beam_size, "patience": patience, "length_penalty": length_penalty}
-    name = model or default_model()
-    if Path(name).expanduser().exists():
-        name = str(Path(name).expanduser().resolve())
-    settings = Settings(
-        name,
-        TranscriptionOptions(**overrides),
-        write_options,
-        fps_explicit=fps is not None,
-        with_media=fcpxml_with_media,
-    )
 
     def load() -> WhisperModel:
         whisper = load_model(model, engine=engine, device=device)
