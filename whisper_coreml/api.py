@@ -18,6 +18,7 @@ from .result import TranscriptionResult
 from .tokenizer import Tokenizer, language_code
 from .transcribe import Progress, TranscriptionOptions, WindowJournal
 from .transcribe import transcribe as run_transcription
+from .vad import VadOptions
 
 _OPTION_NAMES = {f.name for f in fields(TranscriptionOptions)}
 
@@ -47,16 +48,18 @@ class WhisperModel:
         opened `MelSource` (which the caller closes; batches open the next file ahead).
 
         Keyword overrides are `TranscriptionOptions` fields, e.g. `language="de"`,
-        `task="translate"`, `initial_prompt="..."`, `temperature=0.0`. A `journal` (see
+        `task="translate"`, `initial_prompt="..."`, `temperature=0.0`, `beam_size=5`,
+        `vad=True` (or a `VadOptions`). A `journal` (see
         journal.py) keeps every finished window, so a transcription stopped midway resumes.
         """
         options = self.options(options, **overrides)
         if isinstance(audio, MelSource):
             return run_transcription(self.engine, self.tokenizer, audio, options, progress, self.name, journal)
+        n_mels = self.engine.dims.n_mels
         source = (
-            MelSource.from_array(audio, self.engine.dims.n_mels)
+            MelSource.from_array(audio, n_mels, options.vad)
             if isinstance(audio, np.ndarray)
-            else (MelSource.from_file(audio, self.engine.dims.n_mels))
+            else MelSource.from_file(audio, n_mels, options.vad)
         )
         with source:
             result = run_transcription(self.engine, self.tokenizer, source, options, progress, self.name, journal)
@@ -69,7 +72,11 @@ class WhisperModel:
             raise TypeError(f"unknown transcription option(s): {', '.join(sorted(unknown))}")
         if isinstance(overrides.get("temperature"), (int, float)):
             overrides["temperature"] = (float(overrides["temperature"]),)
+        if isinstance(overrides.get("vad"), bool):  # vad=True: Silero VAD with faster-whisper's defaults
+            overrides["vad"] = VadOptions() if overrides["vad"] else None
         options = replace(options or TranscriptionOptions(), **overrides)
+        if options.vad is not None and options.clip_timestamps:
+            raise ValueError("clip_timestamps and vad both choose what to decode: give one of them")
         if options.task not in ("transcribe", "translate"):
             raise ValueError(f"unknown task '{options.task}': use transcribe or translate")
         if options.language is not None:

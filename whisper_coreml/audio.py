@@ -16,12 +16,16 @@ import stat
 from collections.abc import Callable, Generator, Iterable, Iterator
 from functools import lru_cache
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 import torch
 
 from .errors import AudioError, NoAudioTrack
+
+if TYPE_CHECKING:
+    from .vad import SpeechRegion, VadOptions
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -294,35 +298,51 @@ class MelSource:
 
     KEEP_SAMPLES = 4 * N_SAMPLES  # 2 minutes: 7.7 MB of float32, cheaper than a second decode
 
-    def __init__(self, open_chunks: Callable[[], Iterable[np.ndarray]], n_mels: int = 80) -> None:
-        """`open_chunks` starts a fresh pass over the 16 kHz samples each time it is called."""
+    def __init__(
+        self, open_chunks: Callable[[], Iterable[np.ndarray]], n_mels: int = 80, vad: VadOptions | None = None
+    ) -> None:
+        """`open_chunks` starts a fresh pass over the 16 kHz samples each time it is called.
+
+        With `vad`, Silero VAD listens to pass 1 too and `speech` holds the regions it found:
+        what of the input the seek loop decodes (None without: everything).
+        """
         self.n_mels = n_mels
         self._open_chunks = open_chunks
         self._kept: list[np.ndarray] | None = []
-        self.n_samples, self._log_max = self._first_pass()
+        self.speech: tuple[SpeechRegion, ...] | None = None
+        self.n_samples, self._log_max = self._first_pass(vad)
         self._reader: _ForwardBuffer | None = None
         self._stream: Generator[np.ndarray, None, None] | None = None
         self._seek = 0
 
     @classmethod
-    def from_file(cls, path: PathLike, n_mels: int = 80) -> MelSource:
-        """Features of an audio or video file; raises AudioError here if it cannot be decoded."""
-        return cls(lambda: iter_audio(path), n_mels)
+    def from_file(cls, path: PathLike, n_mels: int = 80, vad: VadOptions | None = None) -> MelSource:
+        """Features of an audio or video file; raises AudioError here if it cannot be decoded.
+
+        With `vad`, `speech` says where the voice is (Silero VAD, in the same pass over the file).
+        """
+        return cls(lambda: iter_audio(path), n_mels, vad)
 
     @classmethod
-    def from_array(cls, audio: np.ndarray | torch.Tensor, n_mels: int = 80) -> MelSource:
+    def from_array(cls, audio: np.ndarray | torch.Tensor, n_mels: int = 80, vad: VadOptions | None = None) -> MelSource:
         """Features of 16 kHz samples (see `as_mono_float32`), taken in 30 s slices so no
-        whole-input STFT is built."""
+        whole-input STFT is built; with `vad`, `speech` says where the voice is."""
         samples = as_mono_float32(audio)
-        return cls(lambda: (samples[i : i + N_SAMPLES] for i in range(0, len(samples), N_SAMPLES)), n_mels)
+        return cls(lambda: (samples[i : i + N_SAMPLES] for i in range(0, len(samples), N_SAMPLES)), n_mels, vad)
 
     def _chunks(self) -> Generator[np.ndarray, None, None]:
         """Samples for a pass: kept pass-1 chunks, else a fresh decode (for close() to end)."""
         yield from self._kept if self._kept is not None else self._open_chunks()
 
-    def _first_pass(self) -> tuple[int, float]:
-        """Count the samples and find the maximum log-mel value over the whole padded input."""
+    def _first_pass(self, vad: VadOptions | None) -> tuple[int, float]:
+        """Count the samples and find the maximum log-mel value over the whole padded input
+        (and the speech in it, with `vad`)."""
         kept_samples = 0
+        speech: list[SpeechRegion] = []
+        if vad is not None:
+            from .vad import SpeechFinder  # onnxruntime is loaded only when VAD is asked for
+
+            finder = SpeechFinder(vad)
 
         def tee() -> Iterator[np.ndarray]:
             nonlocal kept_samples
@@ -332,6 +352,8 @@ class MelSource:
                     kept_samples += len(chunk)
                     if kept_samples > self.KEEP_SAMPLES:
                         self._kept = None
+                if vad is not None:
+                    speech.extend(finder.feed(chunk))
                 yield chunk
 
         reader = _ForwardBuffer(tee())
@@ -343,6 +365,8 @@ class MelSource:
             block = _log10_mel(torch.from_numpy(samples), self.n_mels, center=False)
             log_max = max(log_max, block.max().item())
             first += N_FRAMES
+        if vad is not None:
+            self.speech = (*speech, *finder.finish())
         return reader.n_samples, log_max
 
     @property

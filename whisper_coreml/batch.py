@@ -346,7 +346,9 @@ class _Batch:
     def open_audio(self, work: _Work) -> None:
         """Start decoding `work`'s audio in the background (the model must be loaded)."""
         if work.transcript is None and work.audio is None and self.model is not None:
-            work.audio = self.prefetch.submit(MelSource.from_file, work.job.source, self.model.engine.dims.n_mels)
+            work.audio = self.prefetch.submit(
+                MelSource.from_file, work.job.source, self.model.engine.dims.n_mels, self.settings.transcription.vad
+            )
 
     def run(self, jobs: Sequence[Job]) -> Report:
         queue: deque[Job] = deque()

@@ -104,6 +104,19 @@ def transcribe_command(
             help="Rank candidates by log-prob / ((5 + length) / 6) ** ALPHA (default: / length).", metavar="ALPHA"
         ),
     ] = None,
+    vad: Annotated[
+        bool,
+        typer.Option(
+            "--vad/--no-vad", help="Decode only the speech Silero VAD finds (skip silence, music, noise).", metavar=""
+        ),
+    ] = False,
+    hallucination_silence_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Drop likely inventions with this much silence around them (openai-whisper's option).",
+            metavar="SECONDS",
+        ),
+    ] = None,
     engine: Annotated[
         str, typer.Option(help="auto, torch, coreml (macOS) or mil (converted model, any OS).", metavar="ENGINE")
     ] = "auto",
@@ -200,6 +213,8 @@ def transcribe_command(
         beam_size=beam_size,
         patience=patience,
         length_penalty=length_penalty,
+        vad=vad,
+        hallucination_silence_threshold=hallucination_silence_threshold,
         word_timestamps=word_timestamps,
         cues=cues,
         max_line_width=max_line_width,

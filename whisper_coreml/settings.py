@@ -18,6 +18,7 @@ from .subtitles import CueRules
 from .timecode import frame_rate
 from .tokenizer import language_code
 from .transcribe import TranscriptionOptions
+from .vad import VadOptions
 from .writers import SUBTITLE_FORMATS, WriteOptions, parse_formats
 
 
@@ -40,6 +41,8 @@ class Choices:
     beam_size: int | None = None  # beam search at temperature 0; None: greedy
     patience: float | None = None
     length_penalty: float | None = None
+    vad: bool = False  # decode only the speech Silero VAD finds
+    hallucination_silence_threshold: float | None = None
     word_timestamps: bool | None = None
     cues: str = "rules"
     max_line_width: int = 42
@@ -81,6 +84,11 @@ def build_settings(model: str, choices: Choices, option: Callable[[str], str] = 
         )
     if choices.length_penalty is not None and not 0 <= choices.length_penalty <= 1:
         raise ValueError(f"{option('length_penalty')} {choices.length_penalty}: must be between 0 and 1")
+    silence = choices.hallucination_silence_threshold
+    if silence is not None and not silence > 0:
+        raise ValueError(f"{option('hallucination_silence_threshold')} {silence}: must be more than 0")
+    if silence is not None and choices.word_timestamps is False:
+        raise ValueError(f"{option('hallucination_silence_threshold')} needs word timestamps")
     formats = parse_formats(",".join(choices.formats))
     rules = CueRules(
         choices.max_line_width,
@@ -101,6 +109,7 @@ def build_settings(model: str, choices: Choices, option: Callable[[str], str] = 
     word_timestamps = choices.word_timestamps
     if word_timestamps is None:  # cues under the rules are cut at word times when there are any
         word_timestamps = choices.cues == "rules" and any(f in SUBTITLE_FORMATS for f in formats)
+        word_timestamps = word_timestamps or silence is not None  # the silence is measured at words
     overrides: dict = {
         "language": language_code(choices.language) if choices.language is not None else None,
         "task": choices.task,
@@ -111,9 +120,12 @@ def build_settings(model: str, choices: Choices, option: Callable[[str], str] = 
     if choices.temperature is not None:
         overrides["temperature"] = (choices.temperature,)
     overrides |= {
-        "beam_size": choices.beam_size,
+        # one beam is greedy decoding, as in openai-whisper's API (and its parity with it)
+        "beam_size": choices.beam_size if choices.beam_size != 1 else None,
         "patience": choices.patience,
         "length_penalty": choices.length_penalty,
+        "vad": VadOptions() if choices.vad else None,
+        "hallucination_silence_threshold": silence,
     }
     return Settings(
         model,

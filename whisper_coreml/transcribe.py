@@ -9,16 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, MelSource
 from .decoding import TIME_PRECISION, DecodingOptions, DecodingResult, decode_window, detect_language
 from .engines.base import Engine
+from .hallucination import Window as HallucinationWindow
+from .hallucination import skip_hallucinations
 from .result import Segment, TranscriptionResult
 from .timing import add_word_timestamps, find_pauses, fit_words_to_pauses, speech_end
 from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from .vad import VadOptions
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 INPUT_STRIDE = 2  # mel frames per audio position (and per timestamp step)
@@ -82,11 +87,17 @@ class TranscriptionOptions:
     max_initial_timestamp: float | None = 1.0
     clip_timestamps: tuple[float, ...] = ()
     word_timestamps: bool = False
+    # Seconds of silence around a likely invention that drop it (openai-whisper's option of
+    # that name; needs word_timestamps).
+    hallucination_silence_threshold: float | None = None
     # Move word edges out of silences the audio shows (subtitle cues then see sentence pauses);
     # off, words are openai-whisper's exactly.
     words_at_pauses: bool = False
     prepend_punctuations: str = "\"'“¿([{-"
     append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
+    # Decode only the speech Silero VAD finds, each stretch of it from a window of its own; the
+    # caller opens the MelSource with these options (`MelSource.from_file(path, vad=options.vad)`).
+    vad: VadOptions | None = None
 
 
 def decode_with_fallback(
@@ -173,6 +184,8 @@ def transcribe(
     its last state and gives the result an uninterrupted run would have given.
     """
     content_frames = source.n_frames
+    if (options.vad is None) != (source.speech is None):
+        raise ValueError("options.vad and the MelSource disagree: open the source with vad=options.vad")
     resumed = journal.restore() if journal is not None else None
     language = resumed.language if resumed is not None else options.language
     if language is None:
@@ -192,11 +205,15 @@ def transcribe(
         max_initial_timestamp=options.max_initial_timestamp,
     )
 
-    seek_points = [round(t * FRAMES_PER_SECOND) for t in options.clip_timestamps] or [0]
+    if source.speech is not None:  # each stretch of speech is a clip of its own: windows start on the voice
+        seek_points = [t for r in source.speech for t in (r.start // HOP_LENGTH, -(-r.end // HOP_LENGTH))]
+    else:
+        seek_points = [round(t * FRAMES_PER_SECOND) for t in options.clip_timestamps] or [0]
     if len(seek_points) % 2 == 1:
         seek_points.append(content_frames)
     # Clips reaching past the end of the audio end with it (an empty window has nothing to decode).
     clips = [(start, min(end, content_frames)) for start, end in zip(seek_points[::2], seek_points[1::2], strict=True)]
+    clips = clips or [(content_frames, content_frames)]  # no speech at all: nothing to decode
 
     initial_prompt = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
     remaining_prompt_length = engine.dims.n_text_ctx // 2 - 1 - len(initial_prompt)
@@ -276,11 +293,20 @@ def transcribe(
                 options.append_punctuations,
             )
             last_word_end = speech_end(window)
+            single_ending = _single_timestamp_ending(result.tokens, tokenizer)
             # Unless the window ended on a lone timestamp (speech continues), resume right after
             # the last word rather than at the last timestamp token.
-            if not _single_timestamp_ending(result.tokens, tokenizer) and last_word_end is not None:
-                if last_word_end > time_offset:
-                    seek = round(last_word_end * FRAMES_PER_SECOND)
+            if not single_ending and last_word_end is not None and last_word_end > time_offset:
+                seek = round(last_word_end * FRAMES_PER_SECOND)
+            if options.hallucination_silence_threshold is not None:
+                at = HallucinationWindow(
+                    previous_seek, segment_size, content_frames, last_speech_timestamp, single_ending
+                )
+                kept, seek = skip_hallucinations(window, seek, at, options.hallucination_silence_threshold)
+                if kept is None:  # an invention after a long silence: decode from its start instead
+                    finish_window()
+                    continue
+                window, last_word_end = kept, speech_end(kept)
             if last_word_end is not None:
                 last_speech_timestamp = last_word_end
             if options.words_at_pauses:  # after seeking, so the text stays openai-whisper's
@@ -296,6 +322,8 @@ def transcribe(
         if not options.condition_on_previous_text or result.temperature > 0.5:
             prompt_reset_since = len(all_tokens)
         finish_window(segments[first_new:])
+    if seek < content_frames:  # the clips ended before the audio: the rest holds no speech
+        _report(progress, content_frames, content_frames)
 
     return TranscriptionResult(
         segments=tuple(segments),

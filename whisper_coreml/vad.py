@@ -144,27 +144,10 @@ class SileroVad:
         len // 512 + 1 of them: the final partial (or empty) frame is zero-padded and its
         last 64 samples are silenced. Only up to one call's samples are ever held.
         """
-        state = _LstmState()
-        step = self.frames_per_call * FRAME
-        pending: list[np.ndarray] = []
-        n_pending = 0
+        stream = _ProbabilityStream(self)
         for block in blocks:
-            samples = np.asarray(block, dtype=np.float32)
-            if samples.ndim != 1:
-                raise ValueError(f"audio blocks must be 1-D mono samples, got shape {samples.shape}")
-            pending.append(samples)
-            n_pending += len(samples)
-            if n_pending >= step:
-                joined = pending[0] if len(pending) == 1 else np.concatenate(pending)
-                n_full = len(joined) // step * step
-                for start in range(0, n_full, step):
-                    yield self._run(joined[start : start + step], state)
-                pending, n_pending = [joined[n_full:]], len(joined) - n_full
-        rest = np.concatenate(pending) if pending else np.zeros(0, np.float32)
-        tail = np.zeros((len(rest) // FRAME + 1) * FRAME, np.float32)
-        tail[: len(rest)] = rest
-        tail[-CONTEXT:] = 0.0
-        yield self._run(tail, state)
+            yield from stream.feed(block)
+        yield stream.finish()
 
     def _run(self, samples: np.ndarray, state: _LstmState) -> np.ndarray:
         """One network call over whole frames, each prefixed with its 64 samples of context."""
@@ -176,6 +159,39 @@ class SileroVad:
         state.context = batch[-1, -CONTEXT:].copy()
         probs, state.h, state.c = self._session.run(_OUTPUTS, {"input": batch, "h": state.h, "c": state.c})
         return probs.reshape(-1)
+
+
+class _ProbabilityStream:
+    """`SileroVad.probabilities`, pushed: samples go in as they arrive, probabilities come out a
+    network call's worth at a time."""
+
+    def __init__(self, model: SileroVad) -> None:
+        self.model = model
+        self.state = _LstmState()
+        self.step = model.frames_per_call * FRAME
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+
+    def feed(self, block: np.ndarray) -> list[np.ndarray]:
+        samples = np.asarray(block, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"audio blocks must be 1-D mono samples, got shape {samples.shape}")
+        self.pending.append(samples)
+        self.n_pending += len(samples)
+        if self.n_pending < self.step:
+            return []
+        joined = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+        n_full = len(joined) // self.step * self.step
+        out = [self.model._run(joined[start : start + self.step], self.state) for start in range(0, n_full, self.step)]
+        self.pending, self.n_pending = [joined[n_full:]], len(joined) - n_full
+        return out
+
+    def finish(self) -> np.ndarray:
+        rest = np.concatenate(self.pending) if self.pending else np.zeros(0, np.float32)
+        tail = np.zeros((len(rest) // FRAME + 1) * FRAME, np.float32)
+        tail[: len(rest)] = rest
+        tail[-CONTEXT:] = 0.0
+        return self.model._run(tail, self.state)
 
 
 class _LstmState:
@@ -289,36 +305,52 @@ def speech_regions(
     with the same model; a region is yielded as soon as the next one starts (the padding
     between two regions depends on both), the last one when the stream ends.
     """
-    model = model or silero_vad()
-    n_samples = 0
+    finder = SpeechFinder(options, model)
+    for block in blocks:
+        yield from finder.feed(block)
+    yield from finder.finish()
 
-    def counted() -> Iterator[np.ndarray]:
-        nonlocal n_samples
-        for block in blocks:
-            n_samples += len(block)
-            yield block
 
-    detector, padder = _Detector(options), _Padder(options)
-    threshold, silence_threshold = options.threshold, options.silence_threshold
-    pos = 0
-    for probs in model.probabilities(counted()):
+class SpeechFinder:
+    """`speech_regions`, pushed: for a reader that streams the audio for its own purpose (the
+    features' first pass) and lets voice activity detection see the same blocks on the way."""
+
+    def __init__(self, options: VadOptions = VadOptions(), model: SileroVad | None = None) -> None:
+        self._stream = _ProbabilityStream(model or silero_vad())
+        self._detector, self._padder = _Detector(options), _Padder(options)
+        self._threshold, self._silence_threshold = options.threshold, options.silence_threshold
+        self._n_samples = self._pos = 0
+
+    def feed(self, block: np.ndarray) -> list[SpeechRegion]:
+        """The regions that became final with this block."""
+        self._n_samples += len(block)
+        return [region for probs in self._stream.feed(block) for region in self._step(probs)]
+
+    def finish(self) -> list[SpeechRegion]:
+        """The regions still open when the audio ends."""
+        regions = self._step(self._stream.finish())
+        self._detector.finish(self._n_samples)
+        regions += _drain(self._detector, self._padder)
+        if (region := self._padder.finish(self._n_samples)) is not None:
+            regions.append(region)
+        return regions
+
+    def _step(self, probs: np.ndarray) -> list[SpeechRegion]:
+        regions: list[SpeechRegion] = []
         # compared in float32, as faster-whisper compares the model's float32 scalars
-        for speech, silence in zip((probs >= threshold).tolist(), (probs < silence_threshold).tolist(), strict=True):
-            detector.step(pos, speech, silence)
-            if detector.done:
-                yield from _drain(detector, padder)
-            pos += FRAME
-    detector.finish(n_samples)
-    yield from _drain(detector, padder)
-    if (region := padder.finish(n_samples)) is not None:
-        yield region
+        speech, silence = (probs >= self._threshold).tolist(), (probs < self._silence_threshold).tolist()
+        for is_speech, is_silence in zip(speech, silence, strict=True):
+            self._detector.step(self._pos, is_speech, is_silence)
+            if self._detector.done:
+                regions += _drain(self._detector, self._padder)
+            self._pos += FRAME
+        return regions
 
 
-def _drain(detector: _Detector, padder: _Padder) -> Iterator[SpeechRegion]:
-    for span in detector.done:
-        if (region := padder.push(*span)) is not None:
-            yield region
+def _drain(detector: _Detector, padder: _Padder) -> list[SpeechRegion]:
+    regions = [region for span in detector.done if (region := padder.push(*span)) is not None]
     detector.done.clear()
+    return regions
 
 
 @dataclass(frozen=True)
