@@ -454,7 +454,7 @@ def test_bad_uploads_are_400_with_the_cli_message_and_leave_nothing(
     for fields, message in (
         ({"response_format": "doc"}, "response_format 'doc'"),
         ({"max_line_width": "0"}, "max_line_width 0: must be at least 1"),
-        ({"patience": "2"}, "patience 2.0: needs beam_size and must be more than 0"),
+        ({"beam_size": "1", "patience": "2"}, "patience 2.0: needs beam_size and must be more than 0"),
         ({"fps": "31"}, "unknown frame rate '31'"),
         ({"language": "de"}, "English-only"),
         ({"colour": "red"}, "unknown field 'colour'"),

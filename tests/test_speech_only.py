@@ -146,3 +146,18 @@ def test_an_interrupted_speech_only_transcription_resumes_exactly(
     assert tiny_model.transcribe(samples, vad=True, word_timestamps=True, journal=cut) == result
     assert cut.restored_windows == 2 and cut.windows == len(lines) - 3
     assert result.segments[0].start > 14.5 and result.duration == pytest.approx(len(samples) / SAMPLE_RATE)
+
+
+@pytest.mark.parametrize("name", ["en/jfk_inaugural_excerpt.flac", "long/librivox_shakespeare_sonnet001.mp3"])
+def test_parity_mode_equals_openai_greedy(
+    name: str, tmp_path: Path, speech: Callable[[str], Path], audio: Callable[[str], np.ndarray], openai_tiny: Any
+) -> None:
+    """`--beam-size 1 --no-vad` is openai-whisper's greedy transcribe(), whatever the defaults are."""
+    import json
+
+    result = run(speech(name), "--beam-size", "1", "--no-vad", "--format", "json", "-o", tmp_path, "-q")
+    assert result.returncode == 0, result.stderr
+    ours = json.loads(next(tmp_path.glob("*.json")).read_text())
+    theirs = openai_transcribe(openai_tiny, audio(name), (name, "tiny.en"))
+    assert ours["text"] == theirs["text"]
+    assert [s["text"] for s in ours["segments"]] == [s["text"] for s in theirs["segments"]]

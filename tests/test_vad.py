@@ -28,6 +28,7 @@ from whisper_coreml.vad import (
     SpeechTimeline,
     VadError,
     VadOptions,
+    decoded_stretches,
     silero_vad,
     speech_regions,
 )
@@ -65,12 +66,17 @@ def model() -> SileroVad:
         pytest.skip(str(e))
 
 
+def faster_options(faster_vad: Any, options: VadOptions) -> Any:
+    """faster-whisper's VadOptions with our fields of the same names (bridge_gap_s is ours alone)."""
+    return faster_vad.VadOptions(**{k: v for k, v in vars(options).items() if k != "bridge_gap_s"})
+
+
 def fw_timestamps(faster_vad: Any, samples: np.ndarray, options: VadOptions, network: Any) -> list[tuple[int, int]]:
     """faster-whisper's get_speech_timestamps with `network` (a faster_whisper SileroVADModel) as its model."""
     real = faster_vad.get_vad_model
     faster_vad.get_vad_model = lambda: network
     try:
-        found = faster_vad.get_speech_timestamps(samples.copy(), faster_vad.VadOptions(**vars(options)))
+        found = faster_vad.get_speech_timestamps(samples.copy(), faster_options(faster_vad, options))
     finally:
         faster_vad.get_vad_model = real
     return [(d["start"], d["end"]) for d in found]
@@ -102,7 +108,7 @@ def test_faster_whisper_network_gives_faster_whisper_regions(
     for options in [*OPTIONS, HARD]:
         expected = [
             (d["start"], d["end"])
-            for d in faster_vad.get_speech_timestamps(samples.copy(), faster_vad.VadOptions(**vars(options)))
+            for d in faster_vad.get_speech_timestamps(samples.copy(), faster_options(faster_vad, options))
         ]
         assert spans(speech_regions(odd_blocks(samples, 1), options, SileroVad(path))) == expected
 
@@ -233,9 +239,27 @@ def test_unusable_model_files_are_named(tmp_path: Path, model: SileroVad) -> Non
 def test_options_are_checked() -> None:
     assert VadOptions().silence_threshold == pytest.approx(0.35)
     assert VadOptions(threshold=0.1).silence_threshold == 0.01
-    for bad in [{"threshold": 1.0}, {"neg_threshold": 0.6}, {"speech_pad_ms": -1}, {"max_speech_duration_s": 0}]:
+    for bad in [
+        {"threshold": 1.0},
+        {"neg_threshold": 0.6},
+        {"speech_pad_ms": -1},
+        {"max_speech_duration_s": 0},
+        {"bridge_gap_s": -1},
+    ]:
         with pytest.raises(ValueError, match="VAD"):
             VadOptions(**bad)
+
+
+def test_pauses_are_bridged_long_non_speech_is_not(speech: Callable[[str], Path]) -> None:
+    """On the two-speaker file Silero cuts the sick speaker's first 1.8 s after a pause: the
+    decoded stretch bridges that pause, and the gaps of 15 s and more stay skipped."""
+    regions = list(MelSource.from_file(speech(STEREO), vad=VadOptions(bridge_gap_s=0)).speech)
+    assert len(regions) >= 3 and 29.0 < regions[1].start_time  # speech resumes at ~28.0 s
+    (stretch,) = MelSource.from_file(speech(STEREO), vad=VadOptions()).speech
+    assert (stretch.start, stretch.end) == (regions[0].start, regions[-1].end)
+    a, b = SpeechRegion(0, 16000), SpeechRegion(16000 * 20, 16000 * 21)
+    assert decoded_stretches([a, b], 5.0) == [a, b]
+    assert decoded_stretches([a, b], 20.0) == [SpeechRegion(0, 16000 * 21)]
 
 
 # --- the speech timeline --------------------------------------------------------------------------------

@@ -303,8 +303,9 @@ class MelSource:
     ) -> None:
         """`open_chunks` starts a fresh pass over the 16 kHz samples each time it is called.
 
-        With `vad`, Silero VAD listens to pass 1 too and `speech` holds the regions it found:
-        what of the input the seek loop decodes (None without: everything).
+        With `vad`, Silero VAD listens to pass 1 too and `speech` holds the stretches of speech
+        it found (see vad.decoded_stretches): what of the input the seek loop decodes (None
+        without: everything).
         """
         self.n_mels = n_mels
         self._open_chunks = open_chunks
@@ -366,7 +367,9 @@ class MelSource:
             log_max = max(log_max, block.max().item())
             first += N_FRAMES
         if vad is not None:
-            self.speech = (*speech, *finder.finish())
+            from .vad import decoded_stretches
+
+            self.speech = tuple(decoded_stretches([*speech, *finder.finish()], vad.bridge_gap_s))
         return reader.n_samples, log_max
 
     @property

@@ -93,8 +93,8 @@ def transcribe_command(
         float | None, typer.Option(help="Fixed temperature; default falls back 0 -> 1.", metavar="T")
     ] = None,
     beam_size: Annotated[
-        int | None, typer.Option(help="Beam search with N beams at temperature 0 (default: greedy).", metavar="N")
-    ] = None,
+        int, typer.Option(help="Beam search with N beams at temperature 0; 1 is greedy decoding.", metavar="N")
+    ] = 5,  # settings.Choices.beam_size (not imported here: it loads torch)
     patience: Annotated[
         float | None, typer.Option(help="Beam search: finished candidates to wait for, times N.", metavar="P")
     ] = None,
@@ -109,7 +109,7 @@ def transcribe_command(
         typer.Option(
             "--vad/--no-vad", help="Decode only the speech Silero VAD finds (skip silence, music, noise).", metavar=""
         ),
-    ] = False,
+    ] = True,  # settings.Choices.vad
     hallucination_silence_threshold: Annotated[
         float | None,
         typer.Option(

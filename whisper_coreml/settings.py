@@ -38,10 +38,10 @@ class Choices:
     task: str = "transcribe"
     initial_prompt: str | None = None
     temperature: float | None = None  # a fixed temperature; None falls back 0 -> 1
-    beam_size: int | None = None  # beam search at temperature 0; None: greedy
+    beam_size: int | None = 5  # beam search at temperature 0; 1 or None: greedy
     patience: float | None = None
     length_penalty: float | None = None
-    vad: bool = False  # decode only the speech Silero VAD finds
+    vad: bool = True  # decode only the speech Silero VAD finds
     hallucination_silence_threshold: float | None = None
     word_timestamps: bool | None = None
     cues: str = "rules"
@@ -78,7 +78,7 @@ def build_settings(model: str, choices: Choices, option: Callable[[str], str] = 
         )
     if choices.beam_size is not None and choices.beam_size < 1:
         raise ValueError(f"{option('beam_size')} {choices.beam_size}: must be at least 1")
-    if choices.patience is not None and (choices.beam_size is None or not choices.patience > 0):
+    if choices.patience is not None and (choices.beam_size in (None, 1) or not choices.patience > 0):
         raise ValueError(
             f"{option('patience')} {choices.patience}: needs {option('beam_size')} and must be more than 0"
         )

@@ -49,6 +49,8 @@ CHOICE_FIELDS = (
     "beam_size",
     "patience",
     "length_penalty",
+    "vad",
+    "hallucination_silence_threshold",
     "word_timestamps",
     "cues",
     "max_line_width",
@@ -66,6 +68,8 @@ WRITE_FIELDS = frozenset(CHOICE_FIELDS) - {
     "beam_size",
     "patience",
     "length_penalty",
+    "vad",
+    "hallucination_silence_threshold",
     "word_timestamps",
 }  # what a stored result re-renders under
 OPENAI_FIELDS = frozenset(
