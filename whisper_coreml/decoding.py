@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from .engines.base import DecoderSession, Engine
+from .engines.base import Engine
 from .errors import WhisperCoreMLError
 from .tokenizer import Tokenizer
 
@@ -204,16 +204,21 @@ class WindowDecoder:
         self.initial_tokens = tuple(initial)
         self.sample_begin = len(initial)
         self.sot_index = initial.index(tokenizer.sot)
-        self.filters: list[LogitFilter] = []
-        if options.suppress_blank:
-            self.filters.append(SuppressBlank(tokenizer, self.sample_begin))
+        self.filters = self.filters_at(self.sample_begin)
+
+    def filters_at(self, sample_begin: int) -> list[LogitFilter]:
+        """openai-whisper's logit rules for text sampled from column `sample_begin` on."""
+        filters: list[LogitFilter] = []
+        if self.options.suppress_blank:
+            filters.append(SuppressBlank(self.tokenizer, sample_begin))
         if suppress := self._suppress_tokens():
-            self.filters.append(SuppressTokens(suppress))
-        if not options.without_timestamps:
+            filters.append(SuppressTokens(suppress))
+        if not self.options.without_timestamps:
             max_index = None
-            if options.max_initial_timestamp:
-                max_index = round(options.max_initial_timestamp / TIME_PRECISION)
-            self.filters.append(ApplyTimestampRules(tokenizer, self.sample_begin, max_index))
+            if self.options.max_initial_timestamp:
+                max_index = round(self.options.max_initial_timestamp / TIME_PRECISION)
+            filters.append(ApplyTimestampRules(self.tokenizer, sample_begin, max_index))
+        return filters
 
     def _suppress_tokens(self) -> list[int]:
         spec = self.options.suppress_tokens
@@ -224,26 +229,29 @@ class WindowDecoder:
         ids += [t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm, t.no_speech]
         return sorted(set(ids))
 
-    def decode(self, features: Any) -> DecodingResult:
-        """Decode `features`: beam search at T = 0 with a beam size, else greedy or best-of-N sampling.
-
-        Whatever the search, every candidate is ranked the same way (`rank`), and the no-speech
-        probability is read at the start-of-transcript token of the first step.
-        """
+    @property
+    def rows(self) -> int:
+        """Sequences decoded at once: the beams, the samples, or one."""
         options = self.options
-        beam_size = options.beam_size if options.temperature == 0 else None
-        n = beam_size or (options.best_of if options.temperature > 0 else 1)
-        session = self.engine.decoder(features, n)
-        tokens = np.tile(np.array(self.initial_tokens, dtype=np.int64), (n, 1))
-        logits_at = session.step(tokens, positions=(self.sot_index, -1))
-        sot_logits = logits_at[0, 0].astype(np.float64)
-        no_speech_prob = float(np.exp(log_softmax(sot_logits[None])[0, self.tokenizer.no_speech]))
-        logits = logits_at[:, -1].copy()
-        if beam_size:
-            candidates, sum_logprobs = self._beam_search(session, tokens, logits, beam_size)
-        else:
-            candidates, sum_logprobs = self._sample(session, tokens, logits)
-        best = rank(candidates, sum_logprobs, options.length_penalty)
+        if options.temperature == 0:
+            return options.beam_size or 1
+        return options.best_of
+
+    def decode(self, features: Any) -> DecodingResult:
+        """Decode `features`: beam search at T = 0 with a beam size, else greedy or best-of-N sampling."""
+        return decode_batch([self], [features])[0]
+
+    def search(self, padding: int) -> Search:
+        """This window's search, on token rows that start with `padding` filler tokens."""
+        tokens = np.tile(np.array([0] * padding + list(self.initial_tokens), dtype=np.int64), (self.rows, 1))
+        if self.options.temperature == 0 and self.options.beam_size:
+            return BeamSearch(self, tokens, padding)
+        return Sampling(self, tokens, padding)
+
+    def result(self, search: Search, no_speech_prob: float) -> DecodingResult:
+        """The best candidate of a finished search (every search is ranked the same way, `rank`)."""
+        candidates, sum_logprobs = search.candidates()
+        best = rank(candidates, sum_logprobs, self.options.length_penalty)
         chosen = tuple(int(t) for t in candidates[best])  # plain ints: results are JSON (journals, outputs)
         text = self.tokenizer.decode(chosen).strip()
         return DecodingResult(
@@ -252,98 +260,188 @@ class WindowDecoder:
             language=self.tokenizer.language or "en",
             avg_logprob=float(sum_logprobs[best] / (len(chosen) + 1)),
             no_speech_prob=no_speech_prob,
-            temperature=options.temperature,
+            temperature=self.options.temperature,
             compression_ratio=compression_ratio(text),
         )
 
-    def _candidate(self, sequence: Sequence[int]) -> tuple[int, ...]:
+
+class Search:
+    """One window's sequences between decoder steps: `advance` picks the next tokens from the
+    logits (rules already applied) and says which cached rows go on, or None when done."""
+
+    def __init__(self, decoder: WindowDecoder, tokens: np.ndarray, padding: int) -> None:
+        self.decoder = decoder
+        self.tokens = tokens  # (rows, padding + tokens so far)
+        self.padding = padding
+        self.sample_begin = padding + decoder.sample_begin
+        self.eot = decoder.tokenizer.eot
+
+    def too_long(self) -> bool:
+        """The window's own tokens (filler not counted) fill the decoder's context."""
+        return self.tokens.shape[1] - self.padding > self.decoder.n_ctx
+
+    def candidate(self, sequence: Sequence[int]) -> tuple[int, ...]:
         """The sampled part of a sequence, up to (without) its end-of-text."""
         sampled = [int(t) for t in sequence[self.sample_begin :]]  # numpy rows hold np.int64, which JSON refuses
-        eot = self.tokenizer.eot
-        return tuple(sampled[: sampled.index(eot)] if eot in sampled else sampled)
+        return tuple(sampled[: sampled.index(self.eot)] if self.eot in sampled else sampled)
 
-    def _sample(
-        self, session: DecoderSession, tokens: np.ndarray, logits: np.ndarray
-    ) -> tuple[list[tuple[int, ...]], list[float]]:
-        """Greedy (T = 0) or independent samples (T > 0), each until its end-of-text."""
-        options = self.options
-        n = tokens.shape[0]
-        eot = self.tokenizer.eot
-        rng = np.random.default_rng(options.seed)
-        sum_logprobs = np.zeros(n)
-        for _ in range(self.sample_len):
-            for f in self.filters:
-                f.apply(logits, tokens)
-            logprobs = log_softmax(logits)
-            if options.temperature == 0:
-                next_tokens = logits.argmax(axis=-1)
-            else:
-                scaled = logprobs / options.temperature
-                gumbel = -np.log(-np.log(rng.random(scaled.shape)))
-                next_tokens = (scaled + gumbel).argmax(axis=-1)
-            finished = tokens[:, -1] == eot
-            sum_logprobs += np.where(finished, 0.0, logprobs[np.arange(n), next_tokens])
-            next_tokens[finished] = eot
-            tokens = np.concatenate([tokens, next_tokens[:, None]], axis=1)
-            if (next_tokens == eot).all() or tokens.shape[1] > self.n_ctx:
+    def advance(self, logits: np.ndarray) -> list[int] | None: ...
+
+    def candidates(self) -> tuple[list[tuple[int, ...]], list[float]]: ...
+
+
+class Sampling(Search):
+    """Greedy (T = 0) or independent samples (T > 0), each until its end-of-text."""
+
+    def __init__(self, decoder: WindowDecoder, tokens: np.ndarray, padding: int) -> None:
+        super().__init__(decoder, tokens, padding)
+        self.rng = np.random.default_rng(decoder.options.seed)
+        self.sum_logprobs = np.zeros(len(tokens))
+
+    def advance(self, logits: np.ndarray) -> list[int] | None:
+        temperature = self.decoder.options.temperature
+        logprobs = log_softmax(logits)
+        if temperature == 0:
+            next_tokens = logits.argmax(axis=-1)
+        else:
+            scaled = logprobs / temperature
+            gumbel = -np.log(-np.log(self.rng.random(scaled.shape)))
+            next_tokens = (scaled + gumbel).argmax(axis=-1)
+        finished = self.tokens[:, -1] == self.eot
+        self.sum_logprobs += np.where(finished, 0.0, logprobs[np.arange(len(logits)), next_tokens])
+        next_tokens[finished] = self.eot
+        self.tokens = np.concatenate([self.tokens, next_tokens[:, None]], axis=1)
+        if (next_tokens == self.eot).all() or self.too_long():
+            return None
+        return list(range(len(self.tokens)))
+
+    def candidates(self) -> tuple[list[tuple[int, ...]], list[float]]:
+        return [self.candidate(row) for row in self.tokens], self.sum_logprobs.tolist()
+
+
+class BeamSearch(Search):
+    """Beam search with openai-whisper's bookkeeping.
+
+    Each step, every live sequence proposes its `beam_size + 1` likeliest continuations (one
+    may be end-of-text, so at least `beam_size` others always remain), scored by summed
+    log-probability; identical sequences count once. The best `beam_size` unfinished ones live
+    on, and the session's cache rows follow them (`reorder`); the finished ones ranked above
+    the last survivor are kept, at most `round(beam_size * patience)` in all. Search stops when
+    that many have finished; if fewer than `beam_size` have by then, the best live sequences
+    join them.
+    """
+
+    def __init__(self, decoder: WindowDecoder, tokens: np.ndarray, padding: int) -> None:
+        super().__init__(decoder, tokens, padding)
+        self.beam_size = len(tokens)
+        self.max_finished = round(self.beam_size * (decoder.options.patience or 1.0))
+        self.sum_logprobs = np.zeros(self.beam_size)
+        self.finished: dict[tuple[int, ...], float] = {}
+
+    def advance(self, logits: np.ndarray) -> list[int] | None:
+        logprobs = log_softmax(logits)
+        scores: dict[tuple[int, ...], float] = {}
+        sources: dict[tuple[int, ...], int] = {}
+        for row in range(self.beam_size):
+            prefix = tuple(self.tokens[row].tolist())
+            for token in top_k(logprobs[row], self.beam_size + 1).tolist():
+                sequence = (*prefix, token)
+                scores[sequence] = float(self.sum_logprobs[row] + logprobs[row, token])
+                sources[sequence] = row
+        survivors: list[tuple[int, ...]] = []
+        just_finished: dict[tuple[int, ...], float] = {}
+        for sequence in sorted(scores, key=scores.__getitem__, reverse=True):
+            if sequence[-1] == self.eot:
+                just_finished[sequence] = scores[sequence]
+                continue
+            survivors.append(sequence)
+            if len(survivors) == self.beam_size:
                 break
-            logits = session.step(next_tokens[:, None])[:, -1].copy()
-        return [self._candidate(row) for row in tokens], sum_logprobs.tolist()
-
-    def _beam_search(
-        self, session: DecoderSession, tokens: np.ndarray, logits: np.ndarray, beam_size: int
-    ) -> tuple[list[tuple[int, ...]], list[float]]:
-        """Beam search with openai-whisper's bookkeeping.
-
-        Each step, every live sequence proposes its `beam_size + 1` likeliest continuations
-        (one may be end-of-text, so at least `beam_size` others always remain), scored by summed
-        log-probability; identical sequences count once. The best `beam_size` unfinished ones
-        live on, and the session's cache rows follow them (`reorder`); the finished ones ranked
-        above the last survivor are kept, at most `round(beam_size * patience)` in all. Search
-        stops when that many have finished; if fewer than `beam_size` have by then, the best
-        live sequences join them.
-        """
-        eot = self.tokenizer.eot
-        max_finished = round(beam_size * (self.options.patience or 1.0))
-        sum_logprobs = np.zeros(beam_size)
-        finished: dict[tuple[int, ...], float] = {}
-        for _ in range(self.sample_len):
-            for f in self.filters:
-                f.apply(logits, tokens)
-            logprobs = log_softmax(logits)
-            scores: dict[tuple[int, ...], float] = {}
-            sources: dict[tuple[int, ...], int] = {}
-            for row in range(beam_size):
-                prefix = tuple(tokens[row].tolist())
-                for token in top_k(logprobs[row], beam_size + 1).tolist():
-                    sequence = (*prefix, token)
-                    scores[sequence] = float(sum_logprobs[row] + logprobs[row, token])
-                    sources[sequence] = row
-            survivors: list[tuple[int, ...]] = []
-            just_finished: dict[tuple[int, ...], float] = {}
-            for sequence in sorted(scores, key=scores.__getitem__, reverse=True):
-                if sequence[-1] == eot:
-                    just_finished[sequence] = scores[sequence]
-                    continue
-                survivors.append(sequence)
-                if len(survivors) == beam_size:
-                    break
-            for sequence in sorted(just_finished, key=just_finished.__getitem__, reverse=True):
-                if len(finished) >= max_finished:
-                    break
-                finished[sequence] = just_finished[sequence]
-            tokens = np.array(survivors, dtype=np.int64)
-            sum_logprobs = np.array([scores[s] for s in survivors])
-            if len(finished) >= max_finished or tokens.shape[1] > self.n_ctx:
+        for sequence in sorted(just_finished, key=just_finished.__getitem__, reverse=True):
+            if len(self.finished) >= self.max_finished:
                 break
-            session.reorder([sources[s] for s in survivors])
-            logits = session.step(tokens[:, -1:])[:, -1].copy()
-        if len(finished) < beam_size:
-            for row in np.argsort(sum_logprobs, kind="stable")[::-1]:
-                finished[(*tokens[row].tolist(), eot)] = float(sum_logprobs[row])
-                if len(finished) >= beam_size:
+            self.finished[sequence] = just_finished[sequence]
+        self.tokens = np.array(survivors, dtype=np.int64)
+        self.sum_logprobs = np.array([scores[s] for s in survivors])
+        if len(self.finished) >= self.max_finished or self.too_long():
+            return None
+        return [sources[s] for s in survivors]
+
+    def candidates(self) -> tuple[list[tuple[int, ...]], list[float]]:
+        finished = dict(self.finished)
+        if len(finished) < self.beam_size:
+            for row in np.argsort(self.sum_logprobs, kind="stable")[::-1]:
+                finished[(*self.tokens[row].tolist(), self.eot)] = float(self.sum_logprobs[row])
+                if len(finished) >= self.beam_size:
                     break
-        return [self._candidate(s) for s in finished], list(finished.values())
+        return [self.candidate(s) for s in finished], list(finished.values())
+
+
+def decode_batch(decoders: Sequence[WindowDecoder], features: Sequence[Any]) -> list[DecodingResult]:
+    """Decode several windows in one decoder session, each as it would be decoded alone.
+
+    The decoders must share an engine and their options but for prompt, prefix and language
+    (`search_key`). Token rows are left-padded to one length, so the logit rules see every
+    window's text start at the same column; each step runs the windows' rows together, each
+    window's search picks its own tokens, and a finished window leaves the session.
+    """
+    first = decoders[0]
+    width = max(len(d.initial_tokens) for d in decoders)
+    padding = [width - len(d.initial_tokens) for d in decoders]
+    rows = first.rows
+    if len(decoders) == 1:
+        session = first.engine.decoder(features[0], rows)
+        positions: Sequence[int] | np.ndarray = (first.sot_index, -1)
+    else:
+        session = first.engine.decoder_batch(features, rows, padding)
+        positions = np.repeat([[p + d.sot_index, width - 1] for d, p in zip(decoders, padding, strict=True)], rows, 0)
+    searches = [d.search(p) for d, p in zip(decoders, padding, strict=True)]
+    logits_at = session.step(np.concatenate([s.tokens for s in searches]), positions)
+    sot_logprobs = log_softmax(logits_at[::rows, 0])  # the no-speech probability, read at each window's first row
+    no_speech_probs = [float(np.exp(row[first.tokenizer.no_speech])) for row in sot_logprobs]
+    filters = first.filters if len(decoders) == 1 else first.filters_at(width)
+    live = list(range(len(decoders)))
+    logits = logits_at[:, -1].copy()
+    for _ in range(first.sample_len):
+        for f in filters:
+            f.apply(logits, np.concatenate([searches[w].tokens for w in live]))
+        kept: list[int] = []
+        still: list[int] = []
+        for i, w in enumerate(live):
+            sources = searches[w].advance(logits[i * rows : (i + 1) * rows])
+            if sources is not None:
+                kept.extend(i * rows + r for r in sources)
+                still.append(w)
+        if not still:
+            break
+        session.reorder(kept)
+        live = still
+        logits = session.step(np.concatenate([searches[w].tokens[:, -1:] for w in live]))[:, -1].copy()
+    return [d.result(s, p) for d, s, p in zip(decoders, searches, no_speech_probs, strict=True)]
+
+
+def search_key(options: DecodingOptions) -> str:
+    """What windows decoded in one batch must share: everything but the prompt, prefix and language."""
+    return repr(replace(options, prompt=(), prefix=(), language=None))
+
+
+def decode_windows(
+    engine: Engine, requests: Sequence[tuple[Any, Tokenizer, DecodingOptions]], batch_size: int = 8
+) -> list[DecodingResult]:
+    """Decode every (features, tokenizer, options) request, up to `batch_size` windows at a time
+    (windows are batched with others of the same `search_key`)."""
+    decoders = [WindowDecoder(engine, t.with_language(o.language, o.task), o) for _, t, o in requests]
+    groups: dict[str, list[int]] = {}
+    for i, (_, _, options) in enumerate(requests):
+        groups.setdefault(search_key(options), []).append(i)
+    results: list[DecodingResult | None] = [None] * len(requests)
+    for members in groups.values():
+        for a in range(0, len(members), batch_size):
+            chunk = members[a : a + batch_size]
+            decoded = decode_batch([decoders[i] for i in chunk], [requests[i][0] for i in chunk])
+            for i, result in zip(chunk, decoded, strict=True):
+                results[i] = result
+    return [r for r in results if r is not None]
 
 
 def decode_window(engine: Engine, features: Any, tokenizer: Tokenizer, options: DecodingOptions) -> DecodingResult:

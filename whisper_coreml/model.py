@@ -87,16 +87,19 @@ class MultiHeadAttention(nn.Module):
     def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """Attention of `x`'s queries over head-split `k`, `v`; `mask` is additive."""
         q = self.split_heads(self.query(x))
-        if k.shape[0] == 1 < q.shape[0] and mask is None:
-            # Several sequences over one window's audio (sampling with best_of): their queries
-            # share the keys, so they attend as one sequence of B*T queries instead of copying
-            # the cross-attention keys and values B times.
+        if k.shape[0] < q.shape[0] and mask is None:
+            # Several sequences over each window's audio (beams, best_of samples, or the rows of
+            # a batch of windows, window-major): a window's queries share its keys, so they
+            # attend as one sequence of n*T queries instead of copying the keys n times.
             b, h, t, d = q.shape
-            out = F.scaled_dot_product_attention(q.transpose(0, 1).reshape(1, h, b * t, d), k, v)
-            return self.out(out.reshape(h, b, t, d).permute(1, 2, 0, 3).flatten(2))
-        if q.shape[2] == 1 and mask is None:
+            w, n = k.shape[0], b // k.shape[0]
+            grouped = q.view(w, n, h, t, d).transpose(1, 2).reshape(w, h, n * t, d)
+            out = F.scaled_dot_product_attention(grouped, k, v)
+            return self.out(out.view(w, h, n, t, d).permute(0, 2, 3, 1, 4).reshape(b, t, h * d))
+        if q.shape[2] == 1:
             # One query per step while decoding: plain matmuls beat the fused kernel's setup cost.
-            out = ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(dim=-1) @ v
+            scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+            out = (scores if mask is None else scores + mask).softmax(dim=-1) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(out.transpose(1, 2).flatten(2))
@@ -178,18 +181,35 @@ class TextDecoder(nn.Module):
         """Final norm and the tied output projection, always in float32."""
         return self.ln(x).float() @ self.token_embedding.weight.float().T
 
-    def forward(self, tokens: Tensor, cross_kv: list[KV], cache: list[KV] | None = None) -> tuple[Tensor, list[KV]]:
+    def forward(
+        self, tokens: Tensor, cross_kv: list[KV], cache: list[KV] | None = None, padding: Tensor | None = None
+    ) -> tuple[Tensor, list[KV]]:
         """Hidden states (B, T, n_state) for `tokens` following the `cache`d positions, and the new cache.
 
         The vocabulary projection is left to `logits`, so callers pay for it only at the
-        positions they read.
+        positions they read. `padding` (B,) counts the filler tokens each row starts with, so
+        windows whose prompts differ in length decode as one batch: a row's positions count
+        from its first real token, and no real token attends to filler.
         """
         offset = 0 if cache is None else cache[0][0].shape[2]
-        x = self.embed(tokens, offset)
         t = tokens.shape[-1]
         mask = None
-        if t > 1:  # a prompt: causal over the new positions, open over the cached ones
-            mask = torch.full((t, offset + t), float("-inf"), device=x.device).triu_(offset + 1)
+        if padding is None:
+            x = self.embed(tokens, offset)
+            if t > 1:  # a prompt: causal over the new positions, open over the cached ones
+                mask = torch.full((t, offset + t), float("-inf"), device=tokens.device).triu_(offset + 1)
+        else:
+            queries = torch.arange(offset, offset + t, device=tokens.device)
+            positions = (queries[None] - padding[:, None]).clamp(min=0)
+            x = (self.token_embedding(tokens) + self.positional_embedding[positions]).to(
+                self.token_embedding.weight.dtype
+            )
+            keys = torch.arange(offset + t, device=tokens.device)
+            # Filler is hidden from every query but itself (a query that saw nothing would be NaN,
+            # and NaN values poison the weighted sum even where their weight is zero).
+            hidden = (keys[None, None] < padding[:, None, None]) & (keys[None, None] != queries[None, :, None])
+            hidden |= keys[None, None] > queries[None, :, None]  # causal
+            mask = torch.zeros(hidden.shape, device=tokens.device).masked_fill_(hidden, float("-inf"))[:, None]
         new_cache: list[KV] = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, None if cache is None else cache[i], cross_kv[i], mask)

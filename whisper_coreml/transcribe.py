@@ -7,14 +7,14 @@ timestamp so no sentence is cut in half. The prompt carries the previous text fo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, MelSource
-from .decoding import TIME_PRECISION, DecodingOptions, DecodingResult, decode_window, detect_language
+from .decoding import TIME_PRECISION, DecodingOptions, DecodingResult, decode_windows, detect_language
 from .engines.base import Engine
 from .hallucination import Window as HallucinationWindow
 from .hallucination import skip_hallucinations
@@ -100,9 +100,31 @@ class TranscriptionOptions:
     vad: VadOptions | None = None
 
 
+@dataclass(frozen=True)
+class Encode:
+    """A seek loop's request: the audio features of this (n_mels, 3000) window."""
+
+    mel: np.ndarray
+
+
+@dataclass(frozen=True)
+class Decode:
+    """A seek loop's request: this window decoded with these options."""
+
+    features: Any
+    tokenizer: Tokenizer
+    options: DecodingOptions
+
+
+Request = Encode | Decode
+SeekLoop = Generator[Request, Any, TranscriptionResult]
+"""A transcription that asks for the model's work (`Encode`, `Decode`) and is sent the answers, so
+that a `Batcher` can run the windows of several transcriptions through the engine together."""
+
+
 def decode_with_fallback(
-    engine: Engine, features: Any, tokenizer: Tokenizer, base: DecodingOptions, options: TranscriptionOptions
-) -> DecodingResult:
+    features: Any, tokenizer: Tokenizer, base: DecodingOptions, options: TranscriptionOptions
+) -> Generator[Request, Any, DecodingResult]:
     """Retry at rising temperatures while the text loops (gzip ratio) or is unlikely (logprob).
 
     A window that is unlikely but probably silent is not retried: the no-speech gate will
@@ -119,7 +141,7 @@ def decode_with_fallback(
             patience=options.patience,
             length_penalty=options.length_penalty,
         )
-        result = decode_window(engine, features, tokenizer, at_t)
+        result = yield Decode(features, tokenizer, at_t)
         too_repetitive = (
             options.compression_ratio_threshold is not None
             and result.compression_ratio > options.compression_ratio_threshold
@@ -183,6 +205,25 @@ def transcribe(
     With a `journal`, windows it already holds are not decoded again: the loop resumes from
     its last state and gives the result an uninterrupted run would have given.
     """
+    outcome: list[TranscriptionResult | BaseException] = []
+    batcher = Batcher(engine, batch_size=1)
+    batcher.add(seek_loop(engine, tokenizer, source, options, progress, model_name, journal), outcome.append)
+    batcher.run()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def seek_loop(
+    engine: Engine,
+    tokenizer: Tokenizer,
+    source: MelSource,
+    options: TranscriptionOptions = TranscriptionOptions(),
+    progress: Progress | None = None,
+    model_name: str = "",
+    journal: WindowJournal | None = None,
+) -> SeekLoop:
+    """`transcribe` as a `SeekLoop`: it yields each window's encoder and decoder work."""
     content_frames = source.n_frames
     if (options.vad is None) != (source.speech is None):
         raise ValueError("options.vad and the MelSource disagree: open the source with vad=options.vad")
@@ -250,13 +291,13 @@ def transcribe(
             seek += segment_size
             finish_window()
             continue
-        features = engine.encode(mel)
+        features = yield Encode(mel)
         if options.carry_initial_prompt:
             ignored = max(len(initial_prompt), prompt_reset_since)
             prompt = initial_prompt + all_tokens[ignored:][-remaining_prompt_length:]
         else:
             prompt = all_tokens[prompt_reset_since:]
-        result = decode_with_fallback(engine, features, tokenizer, replace(base, prompt=tuple(prompt)), options)
+        result = yield from decode_with_fallback(features, tokenizer, replace(base, prompt=tuple(prompt)), options)
 
         previous_seek = seek
         if options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold:
@@ -342,3 +383,47 @@ def _single_timestamp_ending(tokens: Sequence[int], tokenizer: Tokenizer) -> boo
 def _report(progress: Progress | None, seek: int, content_frames: int) -> None:
     if progress is not None:
         progress(min(seek, content_frames) / FRAMES_PER_SECOND, content_frames / FRAMES_PER_SECOND)
+
+
+class Batcher:
+    """Runs seek loops together: their windows go through the encoder, and then the decoder, in
+    batches of up to `batch_size` (see `Engine.encode_batch`, `decoding.decode_windows`).
+
+    Each loop decodes exactly as it would alone; only the engine's work is shared. Loops can be
+    added while others run; `done` gets each loop's result, or the exception that ended it
+    (which ends that loop only).
+    """
+
+    def __init__(self, engine: Engine, batch_size: int = 8) -> None:
+        self.engine = engine
+        self.batch_size = batch_size
+        self.waiting: list[tuple[SeekLoop, Request, Callable[[Any], None]]] = []
+
+    def add(self, loop: SeekLoop, done: Callable[[TranscriptionResult | BaseException], None]) -> None:
+        self._advance(loop, None, done)
+
+    def run(self) -> None:
+        """Until every loop has finished (`add` may be called by a `done` callback meanwhile)."""
+        while self.waiting:
+            encodes = [i for i, (_, request, _) in enumerate(self.waiting) if isinstance(request, Encode)]
+            chosen = encodes[: self.batch_size] or list(range(len(self.waiting)))
+            requests = [self.waiting[i][1] for i in chosen]
+            if encodes:  # encode first: every loop then waits at a decode, and they decode together
+                answers = self.engine.encode_batch([r.mel for r in requests if isinstance(r, Encode)])
+            else:
+                work = [(r.features, r.tokenizer, r.options) for r in requests if isinstance(r, Decode)]
+                answers = decode_windows(self.engine, work, self.batch_size)
+            served = [self.waiting[i] for i in chosen]
+            self.waiting = [w for i, w in enumerate(self.waiting) if i not in chosen]
+            for (loop, _, done), answer in zip(served, answers, strict=True):
+                self._advance(loop, answer, done)
+
+    def _advance(self, loop: SeekLoop, answer: Any, done: Callable[[Any], None]) -> None:
+        try:
+            request = loop.send(answer)
+        except StopIteration as stop:
+            done(stop.value)
+        except Exception as error:  # noqa: BLE001 - it ends this loop only; `done` decides what it means
+            done(error)
+        else:
+            self.waiting.append((loop, request, done))

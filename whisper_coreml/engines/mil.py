@@ -19,6 +19,7 @@ import numpy as np
 from ..coreml.bundle import Bundle, load_bundle
 from ..coreml.export import MASK_VALUE
 from ..errors import ModelError
+from .base import WindowByWindow
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ class StatelessBeamSession(StepSession):
         self.v = self.v[:, rows]
 
 
-class BundleEngine(ABC):
+class BundleEngine(WindowByWindow, ABC):
     """What the mil and coreml engines share: a checked bundle, its dimensions and the session choice."""
 
     name = "bundle"

@@ -57,27 +57,48 @@ class BlockedProjection:
 
 
 class TorchSession:
-    """A decoder session whose self-attention cache grows by concatenation; `reorder` selects its rows."""
+    """A decoder session whose self-attention cache grows by concatenation; `reorder` selects its rows.
 
-    def __init__(self, model: Whisper, cross_kv: list[KV], logits: Callable[[Tensor], Tensor]) -> None:
+    Over a batch of windows the cross-attention keys/values hold one entry per window and the
+    rows are window-major, `rows` per window (see `MultiHeadAttention.attend`); `padding` is
+    each row's count of leading filler tokens.
+    """
+
+    def __init__(
+        self, model: Whisper, cross_kv: list[KV], logits: Callable[[Tensor], Tensor], padding: Tensor | None = None
+    ) -> None:
         self.model = model
         self.cross_kv = cross_kv
         self.logits = logits
+        self.padding = padding
         self.cache: list[KV] | None = None
 
     @torch.inference_mode()
-    def step(self, tokens: np.ndarray, positions: Sequence[int] = (-1,)) -> np.ndarray:
+    def step(self, tokens: np.ndarray, positions: Sequence[int] | np.ndarray = (-1,)) -> np.ndarray:
         device = self.cross_kv[0][0].device
         x = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(device)
-        hidden, self.cache = self.model.decoder(x, self.cross_kv, self.cache)
-        return self.logits(hidden[:, list(positions)]).cpu().numpy()
+        hidden, self.cache = self.model.decoder(x, self.cross_kv, self.cache, self.padding)
+        at = np.asarray(positions)
+        if at.ndim == 2:  # each row its own positions
+            rows = torch.arange(hidden.shape[0], device=device)[:, None]
+            return self.logits(hidden[rows, torch.from_numpy(at % x.shape[1]).to(device)]).cpu().numpy()
+        return self.logits(hidden[:, at.tolist()]).cpu().numpy()
 
     @torch.inference_mode()
     def reorder(self, rows: Sequence[int]) -> None:
         if self.cache is None or list(rows) == list(range(self.cache[0][0].shape[0])):
             return
-        index = torch.tensor(list(rows), device=self.cross_kv[0][0].device)
+        device = self.cross_kv[0][0].device
+        n_windows = self.cross_kv[0][0].shape[0]
+        per_window = self.cache[0][0].shape[0] // n_windows
+        windows = [r // per_window for r in rows[::per_window]]
+        if windows != list(range(n_windows)):  # finished windows leave the batch
+            keep = torch.tensor(windows, device=device)
+            self.cross_kv = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in self.cross_kv]
+        index = torch.tensor(list(rows), device=device)
         self.cache = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cache]
+        if self.padding is not None:
+            self.padding = self.padding.index_select(0, index)
 
 
 class TorchEngine:
@@ -120,6 +141,19 @@ class TorchEngine:
     def decoder(self, features: list[KV], batch_size: int = 1) -> TorchSession:
         # The cross-attention keys/values stay batch 1 for any batch: attention shares them.
         return TorchSession(self.model, features, self.logits)
+
+    @torch.inference_mode()
+    def encode_batch(self, mels: Sequence[np.ndarray]) -> list[list[KV]]:
+        x = torch.from_numpy(np.stack(mels)).to(self.device, self.dtype)
+        kv = self.model.decoder.cross_kv(self.model.encoder(x))
+        return [[(k[w : w + 1], v[w : w + 1]) for k, v in kv] for w in range(len(mels))]
+
+    @torch.inference_mode()
+    def decoder_batch(self, features: Sequence[list[KV]], rows: int, padding: Sequence[int]) -> TorchSession:
+        layers = range(len(features[0]))
+        kv = [(torch.cat([f[i][0] for f in features]), torch.cat([f[i][1] for f in features])) for i in layers]
+        pad = torch.tensor(padding, device=self.device).repeat_interleave(rows) if any(padding) else None
+        return TorchSession(self.model, kv, self.logits, pad)
 
     @torch.inference_mode()
     def align(self, features: list[KV], tokens: Sequence[int], vocab_end: int) -> tuple[np.ndarray, np.ndarray]:
