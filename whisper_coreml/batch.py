@@ -39,7 +39,7 @@ from .writers.fcpxml import fcpxml_options_for
 if TYPE_CHECKING:
     from .api import WhisperModel
     from .result import TranscriptionResult
-    from .transcribe import TranscriptionOptions
+    from .transcribe import Batcher, TranscriptionOptions
 
 MEDIA_EXTENSIONS = frozenset(".wav .flac .mp3 .m4a .aac .ogg .opus .mp4 .mov .m4v .mkv .mxf .webm .aif .aiff".split())
 STATUSES = ("done", "up to date", "locked", "kept", "skipped", "failed")
@@ -250,7 +250,8 @@ Event = Callable[[str, dict[str, Any]], None]
 
 @dataclass
 class _Work:
-    """A claimed job: what to write, and the transcript when a journal already holds it."""
+    """A claimed job: what to write, the transcript when a journal already holds it, and (once
+    started) its audio, journal and start time."""
 
     job: Job
     claim: Claim
@@ -260,20 +261,32 @@ class _Work:
     notes: tuple[str, ...]
     transcript: TranscriptionResult | None
     audio: Future[MelSource] | None = None
+    journal: FileJournal | None = None
+    started: float = 0.0
 
 
 class _Batch:
     """One run over `jobs`; see `run_batch`."""
 
-    def __init__(self, load: Callable[[], WhisperModel], settings: Settings, overwrite: bool, emit: Event) -> None:
+    def __init__(
+        self,
+        load: Callable[[], WhisperModel],
+        settings: Settings,
+        overwrite: bool,
+        emit: Event,
+        batch_size: int = 1,
+    ) -> None:
         self.load = load
         self.settings = settings
         self.overwrite = overwrite
         self.emit = emit
+        self.batch_size = batch_size
         self.model: WhisperModel | None = None
+        self.batcher: Batcher | None = None
         self.warned_language = False
         self.report = Report()
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="whisper-prefetch")
+        self.transcribed: list[tuple[_Work, TranscriptionResult | BaseException]] = []
 
     def finish(self, outcome: Outcome) -> None:
         self.report.outcomes.append(outcome)
@@ -362,31 +375,39 @@ class _Batch:
             return self.report
         self.emit("plan", {"total": len(queue), "seconds": sum(probe_duration(j.source) or 0.0 for j in queue)})
         deferred: list[Job] = []
-        current: _Work | None = None
+        running: list[_Work] = []
         upcoming: _Work | None = None
         try:
             with interrupt_on_sigterm():
-                current = self.next_work(queue, deferred)
-                while current is not None:
-                    if current.transcript is None and self.model is None:
-                        self.emit("loading", {})
-                        self.model = self.load()
-                    self.open_audio(current)
-                    upcoming = self.next_work(queue, deferred)
-                    if upcoming is not None:
-                        self.open_audio(upcoming)  # decoded while this one is transcribed
-                    self.finish(self.do(current))
-                    current, upcoming = upcoming, None
-                    if current is None and deferred:  # what other runs held may be free or done now
-                        queue.extend(deferred)
-                        deferred = []
-                        current = self.next_work(queue, deferred, final=True)
+                while True:
+                    while len(running) < self.batch_size:  # start files until the batch is full
+                        work = upcoming or self.next_work(queue, deferred)
+                        upcoming = None
+                        if work is None and deferred and not running:  # what other runs held may be free or done now
+                            queue.extend(deferred)
+                            deferred = []
+                            work = self.next_work(queue, deferred, final=True)
+                        if work is None:
+                            break
+                        if work.transcript is not None:
+                            self.finish(self.write(work, work.transcript))
+                        elif self.start(work):
+                            running.append(work)
+                    if upcoming is None and (upcoming := self.next_work(queue, deferred)) is not None:
+                        self.open_audio(upcoming)  # decoded while the running ones transcribe
+                    if self.batcher is not None and self.batcher.waiting:
+                        self.batcher.step()
+                    finished, self.transcribed = self.transcribed, []
+                    for work, result in finished:
+                        running.remove(work)
+                        self.finish(self.write(work, result))
+                    if not (running or upcoming or queue or deferred):
+                        break
         except KeyboardInterrupt:
             self.report.interrupted = True
         finally:
-            for work in (current, upcoming):
-                if work is not None:
-                    self.drop(work)
+            for work in [*running, *([upcoming] if upcoming is not None else [])]:
+                self.drop(work)
             self.prefetch.shutdown(wait=True, cancel_futures=True)
         return self.report
 
@@ -410,6 +431,8 @@ class _Batch:
         if work.audio is not None and not work.audio.cancel():
             with contextlib.suppress(Exception):
                 work.audio.result().close()
+        if work.journal is not None:
+            work.journal.close()
         work.claim.release()
 
     def unlike_english(self, result: TranscriptionResult) -> bool:
@@ -420,25 +443,48 @@ class _Batch:
         self.warned_language = logprob is not None and logprob < UNLIKE_ENGLISH_LOGPROB
         return self.warned_language
 
-    def do(self, work: _Work) -> Outcome:
-        """Transcribe (or take the journal's transcript) and write; always releases the claim."""
-        job, started = work.job, time.perf_counter()
-        source = str(job.source)
-        journal = job.journal(self.journal_key(work.identity)) if work.identity else None
+    def start(self, work: _Work) -> bool:
+        """Put `work`'s transcription in the batch (loading the model first if need be); False
+        when it ended at once (its audio could not be opened), its outcome reported."""
+        if self.model is None:
+            from .transcribe import Batcher
+
+            self.emit("loading", {})
+            self.model = self.load()
+            self.batcher = Batcher(self.model.engine, self.batch_size)
+        assert self.batcher is not None
+        self.open_audio(work)
+        assert work.audio is not None
+        source = work.job.source
+        work.started = time.perf_counter()
+        work.journal = work.job.journal(self.journal_key(work.identity)) if work.identity else None
+        self.emit("start", {"source": source})
         try:
-            self.emit("start", {"source": job.source})
-            result = work.transcript
-            if result is None:
-                assert self.model is not None and work.audio is not None
-                with work.audio.result() as audio:
-                    result = self.model.transcribe(
-                        audio,
-                        options=self.settings.transcription,
-                        progress=lambda done, total: self.emit("progress", {"done": done, "total": total}),
-                        journal=journal,
-                    )
-                if journal is not None:
-                    journal.finish(result)
+            audio = work.audio.result()
+        except (WhisperCoreMLError, OSError) as error:
+            self.finish(self.write(work, error))
+            return False
+        loop = self.model.seek_loop(
+            audio,
+            options=self.settings.transcription,
+            progress=lambda done, total: self.emit("progress", {"source": source, "done": done, "total": total}),
+            journal=work.journal,
+        )
+        self.batcher.add(loop, lambda result: self.transcribed.append((work, result)))
+        return True
+
+    def write(self, work: _Work, result: TranscriptionResult | BaseException) -> Outcome:
+        """Write `work`'s outputs from its transcript (or report what ended it); always releases
+        the claim and closes the audio and the journal."""
+        job = work.job
+        source = str(job.source)
+        journal = work.journal
+        started = work.started or time.perf_counter()
+        try:
+            if isinstance(result, BaseException):
+                raise result
+            if journal is not None and result is not work.transcript:
+                journal.finish(result)
             result = replace(result, source=source)
             cues = cues_for(result, work.write)
             report = None
@@ -458,6 +504,8 @@ class _Batch:
             error = describe_os_error(e, job.directory)
             return Outcome(source, "failed", seconds=time.perf_counter() - started, error=error)
         finally:
+            if work.audio is not None and work.audio.done() and work.audio.exception() is None:
+                work.audio.result().close()
             if journal is not None:
                 journal.close()
             work.claim.release()
@@ -490,12 +538,14 @@ def run_batch(
     settings: Settings,
     overwrite: bool = False,
     on_event: Event | None = None,
+    batch_size: int = 1,
 ) -> Report:
     """Write every job's outputs that are not up to date, loading the model (`load`) only if a
-    transcription is needed.
+    transcription is needed. With `batch_size` > 1 that many files transcribe together, their
+    windows batched through the engine (each file's result is what it would be alone).
 
     `on_event(kind, info)` reports progress: "plan" (total inputs and seconds of audio to do),
-    "loading" (the model), "start" (source), "progress" (done, total seconds of the current
-    file), "outcome" (the Outcome).
+    "loading" (the model), "start" (source), "progress" (source, done, total seconds of
+    that file), "outcome" (the Outcome).
     """
-    return _Batch(load, settings, overwrite, on_event or (lambda kind, info: None)).run(jobs)
+    return _Batch(load, settings, overwrite, on_event or (lambda kind, info: None), batch_size).run(jobs)

@@ -117,6 +117,13 @@ def transcribe_command(
             metavar="SECONDS",
         ),
     ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Transcribe N files together, their windows batched through the model (same results, less time).",
+            metavar="N",
+        ),
+    ] = 1,
     engine: Annotated[
         str, typer.Option(help="auto, torch, coreml (macOS) or mil (converted model, any OS).", metavar="ENGINE")
     ] = "auto",
@@ -231,6 +238,8 @@ def transcribe_command(
     )
     try:
         _check_choice("--engine", engine, ENGINES)
+        if batch_size < 1:
+            raise ValueError(f"--batch-size {batch_size}: must be at least 1")
         if device is not None:
             _check_choice("--device", device, ("auto", "cpu", "cuda", "mps"))
         settings = build_settings(name, choices)  # the same checks and defaults as the server's
@@ -259,7 +268,7 @@ def transcribe_command(
         )
     try:
         with presenter:
-            result = run_batch(jobs, load, settings, overwrite, presenter.event)
+            result = run_batch(jobs, load, settings, overwrite, presenter.event, batch_size)
     except ValueError as e:
         raise fail(str(e), 2) from None
     except WhisperCoreMLError as e:
@@ -307,7 +316,7 @@ class _Presenter:
             transient=True,
         )
         self.overall: TaskID | None = None
-        self.current: TaskID | None = None
+        self.running: dict[str, tuple[TaskID, float]] = {}  # source -> (its bar, seconds done)
         self.total_files = 0
         self.files_done = 0
         self.audio_done = 0.0  # seconds of finished files
@@ -321,10 +330,10 @@ class _Presenter:
         if self.live:
             self.progress.stop()
 
-    def _overall(self, description: str, current_seconds: float = 0.0) -> None:
+    def _overall(self, description: str) -> None:
         if self.overall is None:
             return
-        done = self.audio_done + current_seconds
+        done = self.audio_done + sum(seconds for _, seconds in self.running.values())
         detail = f"{self.files_done}/{self.total_files} files, {done / 60:.1f} min of audio"
         self.progress.update(self.overall, description=description, completed=done, detail=detail)
 
@@ -338,14 +347,17 @@ class _Presenter:
             self._overall("loading model")
         elif kind == "start" and self.live:
             self._overall("all files")
-            if self.current is not None:
-                self.progress.remove_task(self.current)
-            self.current = self.progress.add_task(Path(info["source"]).name, total=None, detail="")
-        elif kind == "progress" and self.live and self.current is not None:
+            task = self.progress.add_task(Path(info["source"]).name, total=None, detail="")
+            self.running[str(info["source"])] = (task, 0.0)
+        elif kind == "progress" and self.live and str(info["source"]) in self.running:
+            task, _ = self.running[str(info["source"])]
             detail = f"{info['done']:.0f}/{info['total']:.0f} s"
-            self.progress.update(self.current, completed=info["done"], total=info["total"], detail=detail)
-            self._overall("all files", info["done"])
+            self.progress.update(task, completed=info["done"], total=info["total"], detail=detail)
+            self.running[str(info["source"])] = (task, info["done"])
+            self._overall("all files")
         elif kind == "outcome":
+            if self.live and (finished := self.running.pop(info["outcome"].source, None)) is not None:
+                self.progress.remove_task(finished[0])
             self._outcome(info["outcome"])
 
     def _outcome(self, outcome: Outcome) -> None:

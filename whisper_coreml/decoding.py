@@ -167,11 +167,13 @@ class ApplyTimestampRules:
             logits[:, :ts] = -np.inf  # the text starts with a timestamp
             if self.max_initial_timestamp_index is not None:
                 logits[:, ts + self.max_initial_timestamp_index + 1 :] = -np.inf
-        logprobs = log_softmax(logits)
-        with np.errstate(divide="ignore"):
-            ts_logprob = np.logaddexp.reduce(logprobs[:, ts:], axis=-1)
-        text_logprob = logprobs[:, :ts].max(axis=-1)
-        logits[ts_logprob > text_logprob, :ts] = -np.inf
+        # Timestamps in sum against the likeliest text token, in log-probabilities: both share the
+        # softmax's normaliser, so logits compare the same, without a pass over the vocabulary.
+        stamps = logits[:, ts:].astype(np.float64)
+        top = stamps.max(axis=-1)
+        with np.errstate(invalid="ignore"):  # no timestamp allowed: -inf - -inf, NaN, never larger
+            ts_sum = top + np.log(np.exp(stamps - top[:, None]).sum(axis=-1))
+        logits[ts_sum > logits[:, :ts].max(axis=-1), :ts] = -np.inf
 
 
 def detect_language(engine: Engine, features: Any, tokenizer: Tokenizer) -> tuple[str, dict[str, float]]:
@@ -403,12 +405,13 @@ def decode_batch(decoders: Sequence[WindowDecoder], features: Sequence[Any]) -> 
     live = list(range(len(decoders)))
     logits = logits_at[:, -1].copy()
     for _ in range(first.sample_len):
-        for f in filters:
-            f.apply(logits, np.concatenate([searches[w].tokens for w in live]))
         kept: list[int] = []
         still: list[int] = []
         for i, w in enumerate(live):
-            sources = searches[w].advance(logits[i * rows : (i + 1) * rows])
+            window_logits = logits[i * rows : (i + 1) * rows]  # a window at a time: its rows stay in cache
+            for f in filters:
+                f.apply(window_logits, searches[w].tokens)
+            sources = searches[w].advance(window_logits)
             if sources is not None:
                 kept.extend(i * rows + r for r in sources)
                 still.append(w)

@@ -405,18 +405,25 @@ class Batcher:
     def run(self) -> None:
         """Until every loop has finished (`add` may be called by a `done` callback meanwhile)."""
         while self.waiting:
-            encodes = [i for i, (_, request, _) in enumerate(self.waiting) if isinstance(request, Encode)]
-            chosen = encodes[: self.batch_size] or list(range(len(self.waiting)))
-            requests = [self.waiting[i][1] for i in chosen]
-            if encodes:  # encode first: every loop then waits at a decode, and they decode together
-                answers = self.engine.encode_batch([r.mel for r in requests if isinstance(r, Encode)])
-            else:
-                work = [(r.features, r.tokenizer, r.options) for r in requests if isinstance(r, Decode)]
-                answers = decode_windows(self.engine, work, self.batch_size)
-            served = [self.waiting[i] for i in chosen]
-            self.waiting = [w for i, w in enumerate(self.waiting) if i not in chosen]
-            for (loop, _, done), answer in zip(served, answers, strict=True):
-                self._advance(loop, answer, done)
+            self.step()
+
+    def step(self) -> None:
+        """One round: a batch of windows through the encoder if any loop waits for one, else
+        every waiting window through the decoder (in batches)."""
+        if not self.waiting:
+            return
+        encodes = [i for i, (_, request, _) in enumerate(self.waiting) if isinstance(request, Encode)]
+        chosen = encodes[: self.batch_size] or list(range(len(self.waiting)))
+        requests = [self.waiting[i][1] for i in chosen]
+        if encodes:  # encode first: every loop then waits at a decode, and they decode together
+            answers = self.engine.encode_batch([r.mel for r in requests if isinstance(r, Encode)])
+        else:
+            work = [(r.features, r.tokenizer, r.options) for r in requests if isinstance(r, Decode)]
+            answers = decode_windows(self.engine, work, self.batch_size)
+        served = [self.waiting[i] for i in chosen]
+        self.waiting = [w for i, w in enumerate(self.waiting) if i not in chosen]
+        for (loop, _, done), answer in zip(served, answers, strict=True):
+            self._advance(loop, answer, done)
 
     def _advance(self, loop: SeekLoop, answer: Any, done: Callable[[Any], None]) -> None:
         try:

@@ -144,6 +144,10 @@ class TorchEngine:
 
     @torch.inference_mode()
     def encode_batch(self, mels: Sequence[np.ndarray]) -> list[list[KV]]:
+        if self.device.type == "cpu":
+            # A window's matrix products already fill every core; a batch would only hold
+            # several windows' attention matrices (~0.4 GB each for 8 windows of tiny) at once.
+            return [self.encode(mel) for mel in mels]
         x = torch.from_numpy(np.stack(mels)).to(self.device, self.dtype)
         kv = self.model.decoder.cross_kv(self.model.encoder(x))
         return [[(k[w : w + 1], v[w : w + 1]) for k, v in kv] for w in range(len(mels))]
