@@ -277,7 +277,7 @@ def test_mel_source_windows_equal_openai_transcribe(name: str, n_mels: int) -> N
             assert max_diff(window, expected) < 1e-5, (seek, end)
         if len(audio) > MelSource.KEEP_SAMPLES:  # pass 2 decoded again, holding one window
             assert source._kept is None
-            assert source._reader is not None and len(source._reader._buf) < 2 * N_SAMPLES
+            assert source._reader is not None and source._reader.held < 2 * N_SAMPLES
         # A backwards seek restarts the decode instead of failing.
         assert max_diff(source.window(0), openai_windows(audio, n_mels, [(0, N_FRAMES)])[0]) < 1e-5
 

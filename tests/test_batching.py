@@ -116,3 +116,59 @@ def test_batch_size_must_be_positive(tmp_path: Path, speech: Callable[[str], Pat
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --batch-size 0: must be at least 1"
     assert not list(tmp_path.iterdir())
+
+
+def same(a: wc.TranscriptionResult, b: wc.TranscriptionResult) -> None:
+    """The same transcript: tokens, texts and times; probabilities to float noise (the windows
+    batched together change the shapes of the matrix products, not the decisions)."""
+    assert (a.text, a.language, a.duration) == (b.text, b.language, b.duration)
+    assert len(a.segments) == len(b.segments)
+    for x, y in zip(a.segments, b.segments, strict=True):
+        assert (x.id, x.seek, x.start, x.end, x.text, x.tokens) == (y.id, y.seek, y.start, y.end, y.text, y.tokens)
+        assert (x.avg_logprob, x.no_speech_prob) == pytest.approx((y.avg_logprob, y.no_speech_prob), abs=1e-4)
+        assert [(w.word, w.start, w.end) for w in x.words or ()] == [(w.word, w.start, w.end) for w in y.words or ()]
+
+
+@pytest.fixture(scope="module")
+def recording(audio: Callable[[str], np.ndarray]) -> np.ndarray:
+    """2.4 min of continuous speech (20 sentences, 0.3-s pauses) and a sonnet, among room tone:
+    VAD cuts it into stretches of at most a window each."""
+    rng = np.random.default_rng(5)
+    tone = lambda seconds: (rng.standard_normal(seconds * 16000) * 0.003).astype(np.float32)  # noqa: E731
+    parts = [tone(8), audio("long/ljspeech_LJ001_0001-0020_concat.wav"), tone(20)]
+    return np.concatenate([*parts, audio("long/librivox_shakespeare_sonnet001.mp3"), tone(6)])
+
+
+def test_a_long_file_decodes_its_stretches_side_by_side(
+    tmp_path: Path, recording: np.ndarray, speech: Callable[[str], Path], tiny_model: wc.WhisperModel
+) -> None:
+    """`batch_size` on one file: each stretch of speech is decoded on its own, so the result is
+    the same however many run at once, as accurate as decoding in sequence, and a journal
+    written in the file's order resumes it exactly."""
+    from jiwer import wer
+    from whisper.normalizers import EnglishTextNormalizer
+
+    from whisper_coreml.journal import FileJournal
+
+    options = {"beam_size": 5, "vad": True, "word_timestamps": True}
+    full = FileJournal(tmp_path / "full", "key")
+    eight = tiny_model.transcribe(recording, batch_size=8, journal=full, **options)
+    same(tiny_model.transcribe(recording, batch_size=3, **options), eight)
+    assert [s.id for s in eight.segments] == list(range(len(eight.segments)))
+    starts = [s.start for s in eight.segments]
+    assert starts == sorted(starts) and starts[0] > 7.5
+    assert len({s.seek for s in eight.segments}) >= 6  # the speech went through in pieces
+
+    normal = EnglishTextNormalizer()
+    reference = normal(" ".join(speech(n).with_suffix(".txt").read_text() for n in [
+        "long/ljspeech_LJ001_0001-0020_concat.wav", "long/librivox_shakespeare_sonnet001.mp3"]))  # fmt: skip
+    sequential = tiny_model.transcribe(recording, **options)
+    errors = wer(reference, normal(eight.text)), wer(reference, normal(sequential.text))
+    assert errors[0] <= errors[1] + 0.02, errors
+
+    lines = (tmp_path / "full").read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 7
+    (tmp_path / "cut").write_bytes(b"".join(lines[:4]))  # the header and three windows
+    cut = FileJournal(tmp_path / "cut", "key")
+    same(tiny_model.transcribe(recording, batch_size=8, journal=cut, **options), eight)
+    assert cut.restored_windows == 3 and cut.windows == len(lines) - 4

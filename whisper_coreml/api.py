@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -43,6 +44,7 @@ class WhisperModel:
         options: TranscriptionOptions | None = None,
         progress: Progress | None = None,
         journal: WindowJournal | None = None,
+        batch_size: int = 1,
         **overrides: Any,
     ) -> TranscriptionResult:
         """Transcribe a file (any audio or video format), 16 kHz mono float32 samples, or an
@@ -52,10 +54,18 @@ class WhisperModel:
         `task="translate"`, `initial_prompt="..."`, `temperature=0.0`, `beam_size=5`,
         `vad=True` (or a `VadOptions`). A `journal` (see
         journal.py) keeps every finished window, so a transcription stopped midway resumes.
+
+        `batch_size` > 1 with VAD decodes that many stretches of speech side by side, each cut
+        to a window and decoded without the text before it (faster-whisper's batched mode).
         """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         options = self.options(options, **overrides)
+        if batch_size > 1 and options.vad is not None:
+            options = replace(options, vad=options.vad.in_windows(), independent_stretches=True)
+        run = functools.partial(run_transcription, progress=progress, model_name=self.name, journal=journal)
         if isinstance(audio, MelSource):
-            return run_transcription(self.engine, self.tokenizer, audio, options, progress, self.name, journal)
+            return run(self.engine, self.tokenizer, audio, options, batch_size=batch_size)
         n_mels = self.engine.dims.n_mels
         source = (
             MelSource.from_array(audio, n_mels, options.vad)
@@ -63,7 +73,7 @@ class WhisperModel:
             else MelSource.from_file(audio, n_mels, options.vad)
         )
         with source:
-            result = run_transcription(self.engine, self.tokenizer, source, options, progress, self.name, journal)
+            result = run(self.engine, self.tokenizer, source, options, batch_size=batch_size)
         return replace(result, source="" if isinstance(audio, np.ndarray) else str(audio))
 
     def seek_loop(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from functools import lru_cache
 from types import TracebackType
@@ -254,36 +255,55 @@ _SILENCE_LOG = torch.tensor(1e-10).log10().item()
 
 
 class _ForwardBuffer:
-    """A forward-only view of (audio followed by endless zeros) that drops consumed samples."""
+    """A forward view of (audio followed by endless zeros) that drops consumed samples.
+
+    Samples before the latest read's start are dropped, or before `keep_from` when that is
+    earlier: reads that go back no further than it are served from memory.
+    """
 
     def __init__(self, chunks: Iterator[np.ndarray]) -> None:
         self._chunks = chunks
-        self._buf = np.zeros(0, np.float32)
-        self._start = 0  # sample index of self._buf[0]
+        self._held: deque[np.ndarray] = deque()
+        self.start = 0  # sample index of the first held sample
+        self._end = 0  # one past the last held sample
+        self.keep_from: int | None = None
         self.n_samples: int | None = None  # known once the source is exhausted
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Samples [start, stop); negative indices reflect about sample 0 like torch.stft does.
 
-        Everything before `start` is forgotten, so `start` must not decrease between calls.
-        """
+        `start` must not be before what is held (`self.start`)."""
         if start < 0:
             body = self.read(0, max(stop, 1 - start))
             return np.concatenate([body[1 : 1 - start][::-1], body[:stop]])
-        self._drop_before(start)
-        while self._start + len(self._buf) < stop and self.n_samples is None:
+        assert start >= self.start, "samples before the held ones were dropped"
+        while self._end < stop and self.n_samples is None:
             chunk = next(self._chunks, None)
             if chunk is None:
-                self.n_samples = self._start + len(self._buf)
+                self.n_samples = self._end
             else:
-                self._buf = np.concatenate([self._buf, chunk])
-                self._drop_before(start)
-        out = self._buf[start - self._start : stop - self._start]
+                self._held.append(chunk)
+                self._end += len(chunk)
+        self._drop_before(start if self.keep_from is None else min(start, self.keep_from))
+        parts, at = [], self.start
+        for chunk in self._held:
+            if at >= stop:
+                break
+            lo, hi = max(start - at, 0), min(stop - at, len(chunk))
+            if hi > lo:
+                parts.append(chunk[lo:hi])
+            at += len(chunk)
+        out = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         return np.pad(out, (0, stop - start - len(out)))
 
+    @property
+    def held(self) -> int:
+        """How many samples are in memory."""
+        return self._end - self.start
+
     def _drop_before(self, start: int) -> None:
-        cut = min(start - self._start, len(self._buf))
-        self._buf, self._start = self._buf[cut:], self._start + cut
+        while self._held and self.start + len(self._held[0]) <= start:
+            self.start += len(self._held.popleft())
 
 
 class MelSource:
@@ -314,7 +334,7 @@ class MelSource:
         self.n_samples, self._log_max = self._first_pass(vad)
         self._reader: _ForwardBuffer | None = None
         self._stream: Generator[np.ndarray, None, None] | None = None
-        self._seek = 0
+        self._hold: int | None = None
 
     @classmethod
     def from_file(cls, path: PathLike, n_mels: int = 80, vad: VadOptions | None = None) -> MelSource:
@@ -369,7 +389,7 @@ class MelSource:
         if vad is not None:
             from .vad import decoded_stretches
 
-            self.speech = tuple(decoded_stretches([*speech, *finder.finish()], vad.bridge_gap_s))
+            self.speech = tuple(decoded_stretches([*speech, *finder.finish()], vad.bridge_gap_s, vad.max_stretch_s))
         return reader.n_samples, log_max
 
     @property
@@ -386,8 +406,8 @@ class MelSource:
 
         Equals `pad_or_trim(mel[:, seek:seek + size], N_FRAMES)` of openai's whole-file `mel`
         with size = min(N_FRAMES, n_frames of content left, `n_frames` if given); frames past
-        that are 0.0, as pad_or_trim leaves them. Seeks are expected not to decrease; one that
-        does restarts the decode from the beginning.
+        that are 0.0, as pad_or_trim leaves them. Seeks are expected not to decrease below the
+        last one or what `hold` keeps; one that does restarts the decode from the beginning.
         """
         if seek < 0:
             raise ValueError(f"seek must be >= 0, got {seek}")
@@ -395,15 +415,21 @@ class MelSource:
         out = np.zeros((self.n_mels, N_FRAMES), np.float32)
         if size <= 0:
             return out
-        if self._reader is None or seek < self._seek:
+        first = seek * HOP_LENGTH - _HALF
+        if self._reader is None or max(first, 0) < self._reader.start:
             self.close()
             self._stream = self._chunks()
             self._reader = _ForwardBuffer(self._stream)
-        self._seek = seek
-        samples = self._reader.read(seek * HOP_LENGTH - _HALF, (seek + size - 1) * HOP_LENGTH + _HALF)
+        self._reader.keep_from = self._hold
+        samples = self._reader.read(first, (seek + size - 1) * HOP_LENGTH + _HALF)
         log_spec = _log10_mel(torch.from_numpy(samples), self.n_mels, center=False)
         out[:, :size] = _normalise(log_spec, self._log_max).numpy()
         return out
+
+    def hold(self, seek: int | None) -> None:
+        """Keep the samples from frame `seek` on as long as this holds (None: release), so that
+        windows of several stretches decoded at once can be read in any order at or after it."""
+        self._hold = None if seek is None else max(seek * HOP_LENGTH - _HALF, 0)
 
     def close(self) -> None:
         """Release the decoder of the current pass (a later window() would start a new one)."""

@@ -120,7 +120,7 @@ def transcribe_command(
     batch_size: Annotated[
         int,
         typer.Option(
-            help="Transcribe N files together, their windows batched through the model (same results, less time).",
+            help="Decode N windows at once: N files together, and a file's stretches of speech side by side.",
             metavar="N",
         ),
     ] = 1,
@@ -221,6 +221,7 @@ def transcribe_command(
         patience=patience,
         length_penalty=length_penalty,
         vad=vad,
+        batch_size=batch_size,
         hallucination_silence_threshold=hallucination_silence_threshold,
         word_timestamps=word_timestamps,
         cues=cues,
@@ -238,8 +239,6 @@ def transcribe_command(
     )
     try:
         _check_choice("--engine", engine, ENGINES)
-        if batch_size < 1:
-            raise ValueError(f"--batch-size {batch_size}: must be at least 1")
         if device is not None:
             _check_choice("--device", device, ("auto", "cpu", "cuda", "mps"))
         settings = build_settings(name, choices)  # the same checks and defaults as the server's

@@ -42,6 +42,7 @@ class Choices:
     patience: float | None = None
     length_penalty: float | None = None
     vad: bool = True  # decode only the speech Silero VAD finds
+    batch_size: int = 1  # windows decoded together; above 1, with VAD, stretches are decoded independently
     hallucination_silence_threshold: float | None = None
     word_timestamps: bool | None = None
     cues: str = "rules"
@@ -76,6 +77,8 @@ def build_settings(model: str, choices: Choices, option: Callable[[str], str] = 
             f"{option('min_duration')} {choices.min_duration} is longer than "
             f"{option('max_duration')} {choices.max_duration}"
         )
+    if choices.batch_size < 1:
+        raise ValueError(f"{option('batch_size')} {choices.batch_size}: must be at least 1")
     if choices.beam_size is not None and choices.beam_size < 1:
         raise ValueError(f"{option('beam_size')} {choices.beam_size}: must be at least 1")
     if choices.patience is not None and (choices.beam_size in (None, 1) or not choices.patience > 0):
@@ -124,7 +127,9 @@ def build_settings(model: str, choices: Choices, option: Callable[[str], str] = 
         "beam_size": choices.beam_size if choices.beam_size != 1 else None,
         "patience": choices.patience,
         "length_penalty": choices.length_penalty,
-        "vad": VadOptions() if choices.vad else None,
+        # In a batch, a file's stretches of speech (cut to a window each) are decoded side by side.
+        "vad": (VadOptions().in_windows() if choices.batch_size > 1 else VadOptions()) if choices.vad else None,
+        "independent_stretches": choices.vad and choices.batch_size > 1,
         "hallucination_silence_threshold": silence,
     }
     return Settings(

@@ -7,6 +7,7 @@ timestamp so no sentence is cut in half. The prompt carries the previous text fo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -98,6 +99,9 @@ class TranscriptionOptions:
     # Decode only the speech Silero VAD finds, each stretch of it from a window of its own; the
     # caller opens the MelSource with these options (`MelSource.from_file(path, vad=options.vad)`).
     vad: VadOptions | None = None
+    # Decode each stretch of speech (each clip) without the text before it, so that the stretches
+    # of one input can be decoded side by side in a batch (faster-whisper's batched mode).
+    independent_stretches: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,16 @@ class Decode:
     options: DecodingOptions
 
 
-Request = Encode | Decode
+@dataclass(frozen=True)
+class Together:
+    """A seek loop's request: run these loops (independent stretches of its input) side by side
+    with everything else; the answer is their results, in order."""
+
+    loops: tuple[Loop, ...]
+
+
+Request = Encode | Decode | Together
+Loop = Generator[Request, Any, Any]
 SeekLoop = Generator[Request, Any, TranscriptionResult]
 """A transcription that asks for the model's work (`Encode`, `Decode`) and is sent the answers, so
 that a `Batcher` can run the windows of several transcriptions through the engine together."""
@@ -199,14 +212,16 @@ def transcribe(
     progress: Progress | None = None,
     model_name: str = "",
     journal: WindowJournal | None = None,
+    batch_size: int = 1,
 ) -> TranscriptionResult:
-    """Transcribe (or translate) everything `source` holds.
+    """Transcribe (or translate) everything `source` holds, `batch_size` windows at a time
+    (more than one only with `options.independent_stretches`, whose stretches run side by side).
 
     With a `journal`, windows it already holds are not decoded again: the loop resumes from
     its last state and gives the result an uninterrupted run would have given.
     """
     outcome: list[TranscriptionResult | BaseException] = []
-    batcher = Batcher(engine, batch_size=1)
+    batcher = Batcher(engine, batch_size)
     batcher.add(seek_loop(engine, tokenizer, source, options, progress, model_name, journal), outcome.append)
     batcher.run()
     if isinstance(outcome[0], BaseException):
@@ -258,112 +273,143 @@ def seek_loop(
 
     initial_prompt = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
     remaining_prompt_length = engine.dims.n_text_ctx // 2 - 1 - len(initial_prompt)
+
+    def decode_clips(
+        stop: int, state: SeekState, segments: list[Segment], on_window: Callable[[SeekState, Sequence[Segment]], None]
+    ) -> Generator[Request, Any, list[Segment]]:
+        """Decode from `state` until clip `stop` begins; every finished window (skipped ones
+        too) goes to `on_window` with the state after it and its new segments."""
+        all_tokens: list[int] = [*initial_prompt, *(t for s in segments for t in s.tokens)]
+        seek, clip_idx = state.seek, state.clip_idx
+        prompt_reset_since, last_speech_timestamp = state.prompt_reset_since, state.last_speech_timestamp
+
+        def finish_window(new: Sequence[Segment] = ()) -> None:
+            on_window(SeekState(seek, clip_idx, prompt_reset_since, last_speech_timestamp), new)
+
+        while clip_idx < stop:
+            clip_start, clip_end = clips[clip_idx]
+            seek = max(seek, clip_start)
+            if seek >= clip_end:
+                clip_idx += 1
+                if clip_idx < len(clips):
+                    seek = clips[clip_idx][0]
+                continue
+            time_offset = seek * HOP_LENGTH / SAMPLE_RATE
+            segment_size = min(N_FRAMES, content_frames - seek, clip_end - seek)
+            mel = source.window(seek, segment_size)
+            if np.ptp(mel[:, :segment_size]) < 1e-6:
+                # Flat at the floor: nothing in this window comes within 80 dB of the file's peak
+                # (digital silence). Whisper hallucinates "you" on such input and the no-speech gate
+                # lets it through, so skip the window without decoding it.
+                seek += segment_size
+                finish_window()
+                continue
+            features = yield Encode(mel)
+            if options.carry_initial_prompt or options.independent_stretches:
+                ignored = max(len(initial_prompt), prompt_reset_since)
+                prompt = initial_prompt + all_tokens[ignored:][-remaining_prompt_length:]
+            else:
+                prompt = all_tokens[prompt_reset_since:]
+            result = yield from decode_with_fallback(features, tokenizer, replace(base, prompt=tuple(prompt)), options)
+
+            previous_seek = seek
+            if options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold:
+                if options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold:
+                    seek += segment_size  # silence: skip the whole window
+                    finish_window()
+                    continue
+            pieces, advance = split_segments(result, tokenizer, time_offset, segment_size)
+            seek += advance
+            window = [
+                Segment(
+                    id=0,
+                    seek=previous_seek,
+                    start=start,
+                    end=end,
+                    text=tokenizer.decode(piece),
+                    tokens=tuple(piece),
+                    temperature=result.temperature,
+                    avg_logprob=result.avg_logprob,
+                    compression_ratio=result.compression_ratio,
+                    no_speech_prob=result.no_speech_prob,
+                )
+                for start, end, piece in pieces
+            ]
+            if options.word_timestamps:
+                window = add_word_timestamps(
+                    window,
+                    engine,
+                    features,
+                    tokenizer,
+                    segment_size,
+                    last_speech_timestamp,
+                    options.prepend_punctuations,
+                    options.append_punctuations,
+                )
+                last_word_end = speech_end(window)
+                single_ending = _single_timestamp_ending(result.tokens, tokenizer)
+                # Unless the window ended on a lone timestamp (speech continues), resume right after
+                # the last word rather than at the last timestamp token.
+                if not single_ending and last_word_end is not None and last_word_end > time_offset:
+                    seek = round(last_word_end * FRAMES_PER_SECOND)
+                if options.hallucination_silence_threshold is not None:
+                    at = HallucinationWindow(
+                        previous_seek, segment_size, content_frames, last_speech_timestamp, single_ending
+                    )
+                    kept, seek = skip_hallucinations(window, seek, at, options.hallucination_silence_threshold)
+                    if kept is None:  # an invention after a long silence: decode from its start instead
+                        finish_window()
+                        continue
+                    window, last_word_end = kept, speech_end(kept)
+                if last_word_end is not None:
+                    last_speech_timestamp = last_word_end
+                if options.words_at_pauses:  # after seeking, so the text stays openai-whisper's
+                    pauses = find_pauses(mel[:, :segment_size])
+                    window = fit_words_to_pauses(window, [(time_offset + a, time_offset + b) for a, b in pauses])
+            first_new = len(segments)
+            for segment in window:
+                if segment.start == segment.end or not segment.text.strip():
+                    # Instantaneous or blank: kept for the record (as openai-whisper does), but empty.
+                    segment = replace(segment, text="", tokens=(), words=() if options.word_timestamps else None)
+                segments.append(replace(segment, id=len(segments)))
+                all_tokens.extend(segment.tokens)
+            if not options.condition_on_previous_text or result.temperature > 0.5:
+                prompt_reset_since = len(all_tokens)
+            finish_window(segments[first_new:])
+        return segments
+
     segments: list[Segment] = []
     state = SeekState(seek=clips[0][0], clip_idx=0, prompt_reset_since=0, last_speech_timestamp=0.0)
     if resumed is not None:
         segments, state = list(resumed.segments), resumed.state
-    all_tokens: list[int] = [*initial_prompt, *(t for s in segments for t in s.tokens)]
-    seek, clip_idx = state.seek, state.clip_idx
-    prompt_reset_since, last_speech_timestamp = state.prompt_reset_since, state.last_speech_timestamp
-    if resumed is not None:
-        _report(progress, seek, content_frames)
+    reported = [state.seek if resumed is not None else 0]
 
-    def finish_window(new: Sequence[Segment] = ()) -> None:
+    def record(state: SeekState, new: Sequence[Segment]) -> None:
         if journal is not None:
-            journal.window(SeekState(seek, clip_idx, prompt_reset_since, last_speech_timestamp), new)
-        _report(progress, seek, content_frames)
+            journal.window(state, new)
+        reported[0] = state.seek
+        _report(progress, state.seek, content_frames)
 
-    while clip_idx < len(clips):
-        clip_start, clip_end = clips[clip_idx]
-        seek = max(seek, clip_start)
-        if seek >= clip_end:
-            clip_idx += 1
-            if clip_idx < len(clips):
-                seek = clips[clip_idx][0]
-            continue
-        time_offset = seek * HOP_LENGTH / SAMPLE_RATE
-        segment_size = min(N_FRAMES, content_frames - seek, clip_end - seek)
-        mel = source.window(seek, segment_size)
-        if np.ptp(mel[:, :segment_size]) < 1e-6:
-            # Flat at the floor: nothing in this window comes within 80 dB of the file's peak
-            # (digital silence). Whisper hallucinates "you" on such input and the no-speech gate
-            # lets it through, so skip the window without decoding it.
-            seek += segment_size
-            finish_window()
-            continue
-        features = yield Encode(mel)
-        if options.carry_initial_prompt:
-            ignored = max(len(initial_prompt), prompt_reset_since)
-            prompt = initial_prompt + all_tokens[ignored:][-remaining_prompt_length:]
-        else:
-            prompt = all_tokens[prompt_reset_since:]
-        result = yield from decode_with_fallback(features, tokenizer, replace(base, prompt=tuple(prompt)), options)
-
-        previous_seek = seek
-        if options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold:
-            if options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold:
-                seek += segment_size  # silence: skip the whole window
-                finish_window()
-                continue
-        pieces, advance = split_segments(result, tokenizer, time_offset, segment_size)
-        seek += advance
-        window = [
-            Segment(
-                id=0,
-                seek=previous_seek,
-                start=start,
-                end=end,
-                text=tokenizer.decode(piece),
-                tokens=tuple(piece),
-                temperature=result.temperature,
-                avg_logprob=result.avg_logprob,
-                compression_ratio=result.compression_ratio,
-                no_speech_prob=result.no_speech_prob,
-            )
-            for start, end, piece in pieces
-        ]
-        if options.word_timestamps:
-            window = add_word_timestamps(
-                window,
-                engine,
-                features,
-                tokenizer,
-                segment_size,
-                last_speech_timestamp,
-                options.prepend_punctuations,
-                options.append_punctuations,
-            )
-            last_word_end = speech_end(window)
-            single_ending = _single_timestamp_ending(result.tokens, tokenizer)
-            # Unless the window ended on a lone timestamp (speech continues), resume right after
-            # the last word rather than at the last timestamp token.
-            if not single_ending and last_word_end is not None and last_word_end > time_offset:
-                seek = round(last_word_end * FRAMES_PER_SECOND)
-            if options.hallucination_silence_threshold is not None:
-                at = HallucinationWindow(
-                    previous_seek, segment_size, content_frames, last_speech_timestamp, single_ending
-                )
-                kept, seek = skip_hallucinations(window, seek, at, options.hallucination_silence_threshold)
-                if kept is None:  # an invention after a long silence: decode from its start instead
-                    finish_window()
-                    continue
-                window, last_word_end = kept, speech_end(kept)
-            if last_word_end is not None:
-                last_speech_timestamp = last_word_end
-            if options.words_at_pauses:  # after seeking, so the text stays openai-whisper's
-                pauses = find_pauses(mel[:, :segment_size])
-                window = fit_words_to_pauses(window, [(time_offset + a, time_offset + b) for a, b in pauses])
-        first_new = len(segments)
-        for segment in window:
-            if segment.start == segment.end or not segment.text.strip():
-                # Instantaneous or blank: kept for the record (as openai-whisper does), but empty.
-                segment = replace(segment, text="", tokens=(), words=() if options.word_timestamps else None)
-            segments.append(replace(segment, id=len(segments)))
-            all_tokens.extend(segment.tokens)
-        if not options.condition_on_previous_text or result.temperature > 0.5:
-            prompt_reset_since = len(all_tokens)
-        finish_window(segments[first_new:])
-    if seek < content_frames:  # the clips ended before the audio: the rest holds no speech
+    if resumed is not None:
+        _report(progress, state.seek, content_frames)
+    if not options.independent_stretches:
+        segments = yield from decode_clips(len(clips), state, segments, record)
+    else:
+        # Every clip from the resumed one on is a seek loop of its own, started from nothing
+        # (the resumed one from its journaled state and segments); they run side by side and
+        # their windows are journaled in the file's order.
+        first = state.clip_idx
+        before = [s for s in segments if first >= len(clips) or s.seek < clips[first][0]]
+        in_order = _InOrder(record, len(before), len(clips) - first, source, clips[first:])
+        loops = []
+        for k in range(first, len(clips)):
+            start = state if resumed is not None and k == first else SeekState(clips[k][0], k, 0, clips[k][0] / 100)
+            own = segments[len(before) :] if k == first else []
+            window = functools.partial(in_order.window, k - first)
+            loops.append(in_order.closing(k - first, decode_clips(k + 1, start, list(own), window)))
+        decoded = yield Together(tuple(loops))
+        segments = [replace(s, id=i) for i, s in enumerate([*before, *(s for part in decoded for s in part)])]
+    if reported[0] < content_frames:  # the clips ended before the audio: the rest holds no speech
         _report(progress, content_frames, content_frames)
 
     return TranscriptionResult(
@@ -373,6 +419,54 @@ def seek_loop(
         model=model_name,
         task=options.task,
     )
+
+
+class _InOrder:
+    """Windows of clips decoded side by side, passed on (journaled, reported) in the file's order:
+    a clip's windows as soon as every clip before it has finished. Segment ids count on from
+    those before; the source keeps the audio of the first unfinished clip readable."""
+
+    def __init__(
+        self,
+        record: Callable[[SeekState, Sequence[Segment]], None],
+        passed: int,
+        n_clips: int,
+        source: MelSource,
+        clips: Sequence[tuple[int, int]],
+    ) -> None:
+        self.record = record
+        self.passed = passed
+        self.pending: list[list[tuple[SeekState, Sequence[Segment]]]] = [[] for _ in range(n_clips)]
+        self.finished = [False] * n_clips
+        self.next = 0
+        self.source = source
+        self.clips = clips
+        source.hold(clips[0][0] if clips else None)
+
+    def window(self, clip: int, state: SeekState, new: Sequence[Segment]) -> None:
+        self.pending[clip].append((state, new))
+        self._flush()
+
+    def closing(
+        self, clip: int, loop: Generator[Request, Any, list[Segment]]
+    ) -> Generator[Request, Any, list[Segment]]:
+        """`loop`, telling this when it has finished."""
+        segments = yield from loop
+        self.finished[clip] = True
+        self._flush()
+        return segments
+
+    def _flush(self) -> None:
+        while self.next < len(self.pending):
+            for state, new in self.pending[self.next]:
+                self.record(state, [replace(s, id=self.passed + i) for i, s in enumerate(new)])
+                self.passed += len(new)
+                self.source.hold(state.seek)
+            self.pending[self.next] = []
+            if not self.finished[self.next]:
+                break
+            self.next += 1
+            self.source.hold(self.clips[self.next][0] if self.next < len(self.clips) else None)
 
 
 def _single_timestamp_ending(tokens: Sequence[int], tokenizer: Tokenizer) -> bool:
@@ -425,12 +519,47 @@ class Batcher:
         for (loop, _, done), answer in zip(served, answers, strict=True):
             self._advance(loop, answer, done)
 
-    def _advance(self, loop: SeekLoop, answer: Any, done: Callable[[Any], None]) -> None:
+    def _advance(
+        self,
+        loop: Generator[Request, Any, Any],
+        answer: Any,
+        done: Callable[[Any], None],
+        error: Exception | None = None,
+    ) -> None:
         try:
-            request = loop.send(answer)
+            request = loop.send(answer) if error is None else loop.throw(error)
         except StopIteration as stop:
             done(stop.value)
-        except Exception as error:  # noqa: BLE001 - it ends this loop only; `done` decides what it means
-            done(error)
+        except Exception as failure:  # noqa: BLE001 - it ends this loop only; `done` decides what it means
+            done(failure)
         else:
-            self.waiting.append((loop, request, done))
+            if isinstance(request, Together):
+                self._together(loop, request.loops, done)
+            else:
+                self.waiting.append((loop, request, done))
+
+    def _together(self, parent: Loop, loops: Sequence[Loop], done: Callable[[Any], None]) -> None:
+        """Run `loops`, at most a batch of them at a time (each holds a window's features), then
+        answer `parent` with their results (or the first error among them)."""
+        results: list[Any] = [None] * len(loops)
+        queue = list(enumerate(loops))
+        left = [len(loops)]
+
+        def start_next() -> None:
+            if queue:
+                i, loop = queue.pop(0)
+                self._advance(loop, None, functools.partial(finish, i))
+
+        def finish(i: int, result: Any) -> None:
+            results[i] = result
+            left[0] -= 1
+            if left[0] == 0:
+                failure = next((r for r in results if isinstance(r, Exception)), None)
+                self._advance(parent, results, done, failure)
+            else:
+                start_next()
+
+        if not loops:
+            self._advance(parent, [], done)
+        for _ in range(min(self.batch_size, len(loops))):
+            start_next()
