@@ -20,6 +20,7 @@ from .errors import WhisperCoreMLError, os_problem
 from .server.command import serve_command
 
 if TYPE_CHECKING:
+    from .api import WhisperModel
     from .batch import Outcome, Report
 
 app = typer.Typer(
@@ -194,7 +195,6 @@ def transcribe_command(
     """Transcribe PATHS (files, or folders of media) into subtitle files next to each input or
     under --output-dir. Outputs already made from the same input with the same settings are
     skipped; a bad file never stops the rest."""
-    from .api import WhisperModel, load_model
     from .batch import discover, plan, run_batch
     from .catalog import default_model
     from .engines import ENGINES
@@ -247,6 +247,8 @@ def transcribe_command(
             raise fail(f"--output-dir {output_dir}: {os_problem(e)}", 2) from None
 
     def load() -> WhisperModel:
+        from .api import load_model  # torch: only when an input needs transcribing
+
         whisper = load_model(model, engine=engine, device=device)
         whisper.options(settings.transcription)  # refuses, e.g., German for an English-only model
         return whisper
