@@ -23,12 +23,15 @@ if TYPE_CHECKING:
     from .api import WhisperModel
     from .batch import Outcome, Report
 
+# Help and usage errors as plain text: rich's panels took 0.2 s of CPU to draw, half of what
+# `transcribe --help` may cost in all (issue 11: under 0.5 s).
+_TYPER_OPTIONS = {"add_completion": False, "pretty_exceptions_enable": False, "rich_markup_mode": None}
+
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     context_settings={"help_option_names": []},
     help="Speech to subtitles with OpenAI's Whisper on Core ML and PyTorch.",
-    pretty_exceptions_enable=False,
+    **_TYPER_OPTIONS,
 )
 stderr = Console(stderr=True, highlight=False)
 
@@ -519,9 +522,7 @@ def main() -> None:
 
 def transcribe_main() -> None:
     """`transcribe` entry point: the transcribe command on its own."""
-    single = typer.Typer(
-        add_completion=False, pretty_exceptions_enable=False, context_settings={"help_option_names": []}
-    )
+    single = typer.Typer(context_settings={"help_option_names": []}, **_TYPER_OPTIONS)
     single.command()(transcribe_command)
     single()
 
