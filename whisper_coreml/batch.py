@@ -322,6 +322,14 @@ class _Batch:
             return Outcome(str(job.source), "failed", error=describe_os_error(e, job.directory))
         if claim is None:
             return None
+        try:
+            return self.under_claim(job, claim)
+        except BaseException:  # Ctrl-C while the input is probed, say: no claim may outlive the run
+            claim.release()
+            raise
+
+    def under_claim(self, job: Job, claim: Claim) -> _Work | Outcome:
+        """What `claim` finds once it holds the job's claim (released here when there is nothing to do)."""
         todo, outcome = self.assess(job)
         if outcome is not None:
             claim.release()
