@@ -252,7 +252,8 @@ def transcribe_command(
     def load() -> WhisperModel:
         from .api import load_model  # torch: only when an input needs transcribing
 
-        whisper = load_model(model, engine=engine, device=device)
+        say = (lambda line: None) if quiet else (lambda line: stderr.print(line, markup=False, soft_wrap=True))
+        whisper = load_model(model, engine=engine, device=device, progress=say)
         whisper.options(settings.transcription)  # refuses, e.g., German for an English-only model
         return whisper
 
