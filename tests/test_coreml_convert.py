@@ -382,7 +382,7 @@ def test_coreml_engine_needs_macos(bundle: Path) -> None:
         CoreMLEngine(bundle)
 
 
-@pytest.mark.skipif(sys.platform != "darwin", reason="Core ML runs only on macOS")
+@pytest.mark.macos
 def test_coreml_engine_matches_the_reference_executor(bundle: Path, mel: np.ndarray) -> None:
     from whisper_coreml.engines.coreml import CoreMLEngine
     from whisper_coreml.verify import psnr
@@ -396,7 +396,7 @@ def test_coreml_engine_matches_the_reference_executor(bundle: Path, mel: np.ndar
     assert psnr(b, a) > 35 and (a.argmax(-1) == b.argmax(-1)).all()
 
 
-@pytest.mark.skipif(sys.platform != "darwin", reason="compiling needs macOS")
+@pytest.mark.macos
 def test_compiles_on_macos(bundle: Path) -> None:
     report = report_of(bundle)
     assert report["compiled"] is True
