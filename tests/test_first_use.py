@@ -20,7 +20,7 @@ import pytest
 
 import whisper_coreml as wc
 from whisper_coreml import api
-from whisper_coreml.coreml import first_use
+from whisper_coreml.coreml import first_use, macos
 from whisper_coreml.errors import ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,8 +118,10 @@ def test_progress_goes_to_stderr_by_default(
 def test_the_bundle_fits_the_running_macos(monkeypatch: pytest.MonkeyPatch, version: str, target: str | None) -> None:
     """macOS 13 and 14 cannot run the stateful decoder: they get the stateless one; older, none."""
     pretend_mac(monkeypatch, version)
-    assert first_use.deployment_target() == target
+    assert macos.deployment_target() == target
     assert first_use.converts_on_first_use("tiny.en") is (target is not None)
+    assert macos.runs("macOS15") is (target == "macOS15")
+    assert macos.runs("macOS13") is (target is not None)
 
 
 def test_only_catalog_models_convert(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -140,7 +142,7 @@ def test_torch_opts_out_on_a_mac(models: Path, monkeypatch: pytest.MonkeyPatch, 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="auto converts there")
 def test_elsewhere_auto_is_torch_and_converts_nothing(models: Path, converter: Converter) -> None:
-    assert first_use.deployment_target() is None
+    assert macos.deployment_target() is None and not macos.runs("macOS13")
     lines: list[str] = []
     model = wc.load_model("tiny.en", device="cpu", progress=lines.append)
     assert model.engine.name == "torch"

@@ -17,6 +17,7 @@ import pytest
 
 import whisper_coreml as wc
 from whisper_coreml.audio import MelSource
+from whisper_coreml.coreml import macos
 from whisper_coreml.coreml.bundle import load_bundle
 from whisper_coreml.engines.mil import MilEngine
 
@@ -56,8 +57,9 @@ def test_auto_converts_compiles_and_runs_core_ml_once(
     models, lines, model = first_use
     assert len(lines) == 1 and "converting tiny.en to Core ML" in lines[0]
     assert model.engine.name == "coreml"
-    bundle = models / "tiny.en-coreml"
-    assert (bundle / "encoder.mlmodelc").is_dir() and (bundle / "decoder.mlmodelc").is_dir()
+    bundle = load_bundle(models / "tiny.en-coreml")
+    assert bundle.manifest.minimum_deployment_target == macos.deployment_target()  # stateful from macOS 15
+    assert (bundle.path / "encoder.mlmodelc").is_dir() and (bundle.path / "decoder.mlmodelc").is_dir()
     path, word = clip
     assert word in model.transcribe(path).text.lower()
     again = wc.load_model("tiny.en", progress=lines.append)  # the models folder is still the test's
@@ -74,8 +76,8 @@ def test_compiles_a_bundle_on_first_load(bundle: Path, tmp_path: Path, monkeypat
     shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("*.mlmodelc"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     engine = CoreMLEngine(copy, compute_units="cpu_only")
-    compiled = sorted(p.name for p in (tmp_path / "cache" / "whisper-coreml" / "compiled").glob("*/*.mlmodelc"))
-    assert compiled == ["decoder.mlmodelc", "encoder.mlmodelc"]
+    compiled = {p.name for p in (tmp_path / "cache" / "whisper-coreml" / "compiled").glob("*/*.mlmodelc")}
+    assert compiled == {p.name.replace(".mlpackage", ".mlmodelc") for p in copy.glob("*.mlpackage")}
     assert engine.encode(np.zeros((80, 3000), np.float32)).cross_k.shape == (4, 6, 1500, 64)
 
 

@@ -47,7 +47,8 @@ def test_macos_workflow_runs_the_macos_tests_on_apple_silicon() -> None:
     triggers = workflow.get("on", workflow.get(True))
     assert {"push", "pull_request"} <= set(triggers)
     (job,) = workflow["jobs"].values()
-    assert job["runs-on"] == "macos-14"
+    assert job["runs-on"] == "${{ matrix.os }}"
+    assert job["strategy"]["matrix"]["os"] == ["macos-14", "macos-15"]  # stateless and stateful decoders
     setup = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/setup-python@")]
     assert len(setup) == 1 and str(setup[0]["with"]["python-version"]) == "3.11"
     assert any(str(s.get("uses", "")).startswith("actions/checkout@") for s in job["steps"])

@@ -2,12 +2,12 @@
 
 On Apple silicon the converted programs run on the Neural Engine and GPU, so a Mac user should
 not have to know about `convert`. With `auto` on macOS, a catalog model without a bundle is
-converted once into `<models dir>/<name>-coreml` (one progress line; compiled there, as
-`convert` does on a Mac), and every later load finds that bundle and runs Core ML, after the
-same manifest checks as any bundle. The converter assembles the bundle beside its destination
-and moves it into place last, so a failed or interrupted conversion leaves no half bundle.
-Concurrent runs (README: runs over one folder split the work) wait for one conversion instead
-of each doing it.
+converted once into `<models dir>/<name>-coreml` for the newest target the Mac runs (macos.py;
+one progress line; compiled there, as `convert` does on a Mac), and every later load finds that
+bundle and runs Core ML, after the same manifest checks as any bundle. The converter assembles
+the bundle beside its destination and moves it into place last, so a failed or interrupted
+conversion leaves no half bundle. Concurrent runs (README: runs over one folder split the work)
+wait for one conversion instead of each doing it.
 
 Elsewhere `auto` stays PyTorch and nothing is converted; `--engine torch` opts out on a Mac.
 Only catalog names are converted: a path names weights the user manages, and two paths with
@@ -19,28 +19,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import platform
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..catalog import catalog, models_dir
 from ..errors import ModelError, os_problem
 from .bundle import is_bundle
-
-# The decoder's form each macOS runs (bundle.DEPLOYMENT_TARGETS): stateful from 15, stateless before.
-_TARGETS = {13: "macOS13", 14: "macOS14"}
-
-
-def deployment_target() -> str | None:
-    """The newest Core ML target this Mac runs, or None where there is no Core ML to convert for."""
-    if sys.platform != "darwin":
-        return None
-    try:
-        major = int(platform.mac_ver()[0].split(".")[0])
-    except ValueError:
-        return None
-    return "macOS15" if major >= 15 else _TARGETS.get(major)
+from .macos import deployment_target
 
 
 def converts_on_first_use(model: str) -> bool:
