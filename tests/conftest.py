@@ -12,6 +12,7 @@ from __future__ import annotations
 import whisper_coreml as wc
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import cache
@@ -31,6 +32,17 @@ from whisper_coreml.weights import Weights, hf_to_openai_name
 torch.set_num_threads(int(os.environ.get("WHISPER_COREML_TEST_THREADS", "2")))
 
 SHARED = Path(os.environ.get("WHISPER_COREML_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `macos` need Core ML itself: they skip on other systems, and the macOS
+    workflow (.github/workflows/macos.yml) runs them with `pytest -m macos`."""
+    if sys.platform == "darwin":
+        return
+    skip = pytest.mark.skip(reason="needs macOS: Core ML compiles and predicts only there")
+    for item in items:
+        if item.get_closest_marker("macos") is not None:
+            item.add_marker(skip)
 
 
 @cache

@@ -123,8 +123,12 @@ def test_verify_with_coreml_needs_macos(bundle: Path, speech: Callable[[str], Pa
         verify(bundle, speech("en/arctic_a0010.wav"), engine="coreml")
 
 
-@pytest.mark.skipif(sys.platform != "darwin", reason="Core ML runs only on macOS")
+@pytest.mark.macos
 def test_verify_on_core_ml(bundle: Path, speech: Callable[[str], Path]) -> None:
+    from whisper_coreml.coreml import macos
+
+    if not macos.runs("macOS15"):
+        pytest.skip("the stateful decoder needs macOS 15")
     report = verify(bundle, speech("en/arctic_a0010.wav"), engine="auto")
     assert report.engine == "coreml"
     assert report.passed, "\n".join(report.lines())

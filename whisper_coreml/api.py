@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 from .audio import MelSource
 from .catalog import default_model, find_bundle, find_tokenizer, models_dir, resolve_weights
 from .coreml.bundle import load_bundle
+from .coreml.first_use import convert_on_first_use, converts_on_first_use
 from .engines import create_bundle_engine, create_torch_engine, resolve_engine_name
 from .engines.base import Engine
 from .errors import ModelError
@@ -161,15 +163,27 @@ class WhisperModel:
         return options
 
 
-def load_model(model: str | None = None, engine: str = "auto", device: str | None = None) -> WhisperModel:
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def load_model(
+    model: str | None = None,
+    engine: str = "auto",
+    device: str | None = None,
+    progress: Callable[[str], None] = _say,
+) -> WhisperModel:
     """Load a model by catalog name (e.g. 'tiny.en', 'base') or path, on the chosen engine.
 
     `coreml` and `mil` run a converted bundle (a bundle path, or `models/<name>-coreml`);
     `torch` runs the original weights (for a bundle path: the weights it was converted from);
-    `auto` is Core ML on macOS when a bundle exists, PyTorch otherwise.
+    `auto` is Core ML on macOS, converting a catalog model the first time (coreml/first_use.py;
+    `progress` hears one line about it, on stderr by default), and PyTorch everywhere else.
     """
     name = model or default_model()
     bundle_path = find_bundle(name)
+    if bundle_path is None and engine == "auto" and converts_on_first_use(name):
+        bundle_path = convert_on_first_use(name, progress)
     engine = resolve_engine_name(engine, bundle_path is not None)
     if engine in ("coreml", "mil"):
         if bundle_path is None:

@@ -7,6 +7,10 @@ uses the same libswresample conversion (s16, mono, 16 kHz) that openai-whisper's
 Long inputs are never held whole: `iter_audio` streams bounded chunks and `MelSource` serves
 30-second feature windows from a forward-only buffer, yet its numbers equal openai-whisper's
 whole-file spectrogram (whose normalisation depends on the maximum over the entire file).
+
+PyAV and torch are imported by the functions that decode or compute features, not with the
+module: its constants and types are what a re-run over finished outputs needs, and that should
+not wait for either.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from functools import lru_cache
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-import av
 import numpy as np
-import torch
 
 from .errors import AudioError, NoAudioTrack
 
 if TYPE_CHECKING:
+    import av
+    import torch
+
     from .vad import SpeechRegion, VadOptions
 
 SAMPLE_RATE = 16000
@@ -42,6 +47,8 @@ PathLike = str | os.PathLike[str]
 
 def _open_container(path: PathLike) -> av.container.InputContainer:
     """Open `path` with FFmpeg, turning every way that can fail into a one-line AudioError."""
+    import av
+
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -72,6 +79,8 @@ def _decoded_frames(
     This is what the ffmpeg CLI does (it logs and goes on), so a truncated recording yields
     the audio that is there rather than nothing.
     """
+    import av
+
     try:
         for packet in container.demux(stream):
             try:
@@ -84,6 +93,8 @@ def _decoded_frames(
 
 def _iter_s16(path: PathLike, sampling_rate: int) -> Iterator[np.ndarray]:
     """Yield the first audio stream of `path` as int16 mono arrays of varying length."""
+    import av
+
     with _open_container(path) as container:
         if not container.streams.audio:
             raise NoAudioTrack(path)
@@ -125,6 +136,8 @@ def probe_duration(path: PathLike) -> float | None:
 
     For progress bars and planning only: decoding is what finds the real length.
     """
+    import av
+
     try:
         with av.open(os.fspath(path), metadata_errors="ignore") as container:
             if container.streams.audio and container.streams.audio[0].duration is not None:
@@ -143,6 +156,8 @@ def iter_audio(
     Chunks hold exactly `chunk_samples` samples except the last, so memory stays bounded
     however long the file. Raises AudioError (also midway, e.g. when nothing decodes).
     """
+    import av
+
     pending: list[np.ndarray] = []
     n_pending = total = 0
     try:
@@ -171,6 +186,8 @@ def as_mono_float32(audio: np.ndarray | torch.Tensor) -> np.ndarray:
     (channels, samples) or (samples, channels) array is averaged to mono, the channel axis
     being the short one (at most 8 channels), as the arrays of soundfile, librosa and PyAV are.
     """
+    import torch
+
     samples = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
     if samples.ndim not in (1, 2):
         raise ValueError(f"audio array of shape {samples.shape}: expected (samples,) or (channels, samples)")
@@ -198,6 +215,8 @@ def mel_filters(n_mels: int) -> torch.Tensor:
     openai-whisper ships exactly this matrix in its mel_filters.npz; computing it here spares
     both the asset and librosa's import time, with the same float32 rounding steps.
     """
+    import torch
+
     f_sp = 200.0 / 3  # Slaney's mel scale: linear below 1 kHz, logarithmic above
     min_log_mel = 1000.0 / f_sp
     log_step = np.log(6.4) / 27.0
@@ -217,22 +236,31 @@ def mel_filters(n_mels: int) -> torch.Tensor:
 
 @lru_cache
 def _hann_window() -> torch.Tensor:
+    import torch
+
     return torch.hann_window(N_FFT)
 
 
-def _log10_mel(samples: torch.Tensor, n_mels: int, center: bool) -> torch.Tensor:
+def _log10_mel(samples: np.ndarray | torch.Tensor, n_mels: int, center: bool) -> torch.Tensor:
     """log10 of the clamped mel power spectrum, before Whisper's max-dependent normalisation.
 
     With `center=True` this is openai-whisper's framing (reflect padding, last frame dropped);
     with `center=False` `samples` must already hold the padded context of the wanted frames.
+    float32 samples are shared with the array, not copied.
     """
-    stft = torch.stft(samples, N_FFT, HOP_LENGTH, window=_hann_window(), center=center, return_complex=True)
+    import torch
+
+    stft = torch.stft(
+        torch.as_tensor(samples), N_FFT, HOP_LENGTH, window=_hann_window(), center=center, return_complex=True
+    )
     power = (stft[..., :-1] if center else stft).abs() ** 2
     return torch.clamp(mel_filters(n_mels) @ power, min=1e-10).log10()
 
 
 def _normalise(log_spec: torch.Tensor, log_max: float) -> torch.Tensor:
     """Whisper's dynamic range: keep 8 decades (80 dB) below the maximum, scale to about ±1."""
+    import torch
+
     return (torch.maximum(log_spec, torch.tensor(log_max - 8.0)) + 4.0) / 4.0
 
 
@@ -242,6 +270,8 @@ def log_mel_spectrogram(audio: np.ndarray | torch.Tensor, n_mels: int = 80, padd
     `padding` zero samples are appended first; the clamp uses the maximum over the whole
     result, so this holds the whole input: for long files use `MelSource` instead.
     """
+    import torch
+
     samples = torch.as_tensor(audio, dtype=torch.float32).cpu()
     if padding > 0:
         samples = torch.nn.functional.pad(samples, (0, padding))
@@ -250,8 +280,9 @@ def log_mel_spectrogram(audio: np.ndarray | torch.Tensor, n_mels: int = 80, padd
 
 
 # log10 of the clamp floor: the value of every all-silent frame, such as those openai's 30 s of
-# zero padding always adds, so it is a lower bound of the whole-file maximum.
-_SILENCE_LOG = torch.tensor(1e-10).log10().item()
+# zero padding always adds, so it is a lower bound of the whole-file maximum. (torch's float32
+# log10 of float32 1e-10 is exactly -10.0.)
+_SILENCE_LOG = -10.0
 
 
 class _ForwardBuffer:
@@ -383,7 +414,7 @@ class MelSource:
         # Frames starting at or past the end of the audio see only zeros: _SILENCE_LOG.
         while reader.n_samples is None or first * HOP_LENGTH - _HALF < reader.n_samples:
             samples = reader.read(first * HOP_LENGTH - _HALF, (first + N_FRAMES - 1) * HOP_LENGTH + _HALF)
-            block = _log10_mel(torch.from_numpy(samples), self.n_mels, center=False)
+            block = _log10_mel(samples, self.n_mels, center=False)
             log_max = max(log_max, block.max().item())
             first += N_FRAMES
         if vad is not None:
@@ -422,7 +453,7 @@ class MelSource:
             self._reader = _ForwardBuffer(self._stream)
         self._reader.keep_from = self._hold
         samples = self._reader.read(first, (seek + size - 1) * HOP_LENGTH + _HALF)
-        log_spec = _log10_mel(torch.from_numpy(samples), self.n_mels, center=False)
+        log_spec = _log10_mel(samples, self.n_mels, center=False)
         out[:, :size] = _normalise(log_spec, self._log_max).numpy()
         return out
 

@@ -240,6 +240,28 @@ def interrupt_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait for the end of the block, then stop the run as usual.
+
+    An input's outputs and the record saying we wrote them must land together: outputs without
+    their record look like someone else's files to the next run, which then keeps them (`kept:`)
+    instead of finishing the input. Writing them takes milliseconds.
+    """
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in _STOPS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            raise KeyboardInterrupt
+
+
 def describe_os_error(error: OSError, fallback: Path) -> str:
     """`path: problem` for a failed file operation, in words an editor can act on."""
     return f"{error.filename or fallback}: {os_problem(error)}"
@@ -335,6 +357,14 @@ class _Batch:
             return Outcome(str(job.source), "failed", error=describe_os_error(e, job.directory))
         if claim is None:
             return None
+        try:
+            return self.under_claim(job, claim)
+        except BaseException:  # Ctrl-C while the input is probed, say: no claim may outlive the run
+            claim.release()
+            raise
+
+    def under_claim(self, job: Job, claim: Claim) -> _Work | Outcome:
+        """What `claim` finds once it holds the job's claim (released here when there is nothing to do)."""
         todo, outcome = self.assess(job)
         if outcome is not None:
             claim.release()
@@ -491,11 +521,12 @@ class _Batch:
             if work.write.cues == "rules" and any(fmt in SUBTITLE_FORMATS for fmt, _ in work.todo):
                 report = report_cues(cues, work.write.rules, result.duration)
             written = {}
-            for fmt, target in work.todo:
-                write_result(result, fmt, target, work.write, cues)
-                written[target] = self.settings.output_key(fmt)
-            if work.identity:
-                job.record.update(work.identity, written)
+            with interrupts_deferred():
+                for fmt, target in work.todo:
+                    write_result(result, fmt, target, work.write, cues)
+                    written[target] = self.settings.output_key(fmt)
+                if work.identity:
+                    job.record.update(work.identity, written)
         except NoAudioTrack as e:
             return Outcome(source, "skipped", error=str(e), seconds=time.perf_counter() - started)
         except WhisperCoreMLError as e:

@@ -14,9 +14,12 @@ import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ModelError
-from .weights import Weights, read_ctranslate2, read_huggingface, read_weights
+
+if TYPE_CHECKING:
+    from .weights import Weights  # reading weights needs torch; naming models must not
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 # One copy of the weights: the hub's `model.safetensors` or its standard shards, never the extra
@@ -167,6 +170,8 @@ def find_bundle(model: str) -> Path | None:
 
 def resolve_weights(model: str) -> Weights:
     """Read the weights `model` names (a path or a catalog name), in the documented order."""
+    from .weights import read_ctranslate2, read_huggingface, read_weights
+
     path = Path(model).expanduser()
     if path.exists():
         return read_weights(path)

@@ -20,14 +20,18 @@ from .errors import WhisperCoreMLError, os_problem
 from .server.command import serve_command
 
 if TYPE_CHECKING:
+    from .api import WhisperModel
     from .batch import Outcome, Report
 
+# Help and usage errors as plain text: rich's panels took 0.2 s of CPU to draw, half of what
+# `transcribe --help` may cost in all (issue 11: under 0.5 s).
+_TYPER_OPTIONS = {"add_completion": False, "pretty_exceptions_enable": False, "rich_markup_mode": None}
+
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     context_settings={"help_option_names": []},
     help="Speech to subtitles with OpenAI's Whisper on Core ML and PyTorch.",
-    pretty_exceptions_enable=False,
+    **_TYPER_OPTIONS,
 )
 stderr = Console(stderr=True, highlight=False)
 
@@ -201,7 +205,6 @@ def transcribe_command(
     """Transcribe PATHS (files, or folders of media) into subtitle files next to each input or
     under --output-dir. Outputs already made from the same input with the same settings are
     skipped; a bad file never stops the rest."""
-    from .api import WhisperModel, load_model
     from .batch import discover, plan, run_batch
     from .catalog import default_model
     from .engines import ENGINES
@@ -255,7 +258,10 @@ def transcribe_command(
             raise fail(f"--output-dir {output_dir}: {os_problem(e)}", 2) from None
 
     def load() -> WhisperModel:
-        whisper = load_model(model, engine=engine, device=device)
+        from .api import load_model  # torch: only when an input needs transcribing
+
+        say = (lambda line: None) if quiet else (lambda line: stderr.print(line, markup=False, soft_wrap=True))
+        whisper = load_model(model, engine=engine, device=device, progress=say)
         whisper.options(settings.transcription)  # refuses, e.g., German for an English-only model
         return whisper
 
@@ -528,9 +534,7 @@ def main() -> None:
 
 def transcribe_main() -> None:
     """`transcribe` entry point: the transcribe command on its own."""
-    single = typer.Typer(
-        add_completion=False, pretty_exceptions_enable=False, context_settings={"help_option_names": []}
-    )
+    single = typer.Typer(context_settings={"help_option_names": []}, **_TYPER_OPTIONS)
     single.command()(transcribe_command)
     single()
 

@@ -39,7 +39,7 @@ from ..model import Whisper, default_alignment_heads
 from ..tokenizer import Tokenizer
 from ..weights import Weights
 from . import bundle as B
-from . import import_coremltools
+from . import import_coremltools, macos
 from .export import (
     EncoderExport,
     StatefulBeamDecoderExport,
@@ -208,8 +208,9 @@ def convert(
     runs the one-token decoder once per beam and copies caches between steps: same beams, slower).
     The bundle is assembled next to its destination and moved into place at the end, so an
     interrupted run leaves no half bundle.
-    `compile` defaults to "on macOS"; elsewhere the report carries a note instead. `verbose`
-    lets coremltools print its own progress bars and notices.
+    `compile` defaults to "on macOS"; it needs a macOS that runs the deployment target (macos.py),
+    and elsewhere the report carries a note instead. `verbose` lets coremltools print its own
+    progress bars and notices.
     """
     started = time.perf_counter()
     real_stderr = sys.stderr
@@ -335,15 +336,20 @@ def convert(
         compiled = False
         if compile is None:
             compile = sys.platform == "darwin"
-        if compile and sys.platform == "darwin":
+        if compile and macos.runs(minimum_deployment_target):
             say("compiling for this Mac")
             for package in packages:
                 ct.models.utils.compile_model(
                     str(work / package), str(work / package.replace(".mlpackage", ".mlmodelc"))
                 )
             compiled = True
-        else:
+        elif sys.platform != "darwin":
             notes.append(COMPILE_NOTE)
+        elif compile:
+            notes.append(
+                f"not compiled: these programs need {minimum_deployment_target} or later, newer than this Mac; "
+                "the coreml engine compiles them on first load on a Mac that runs them"
+            )
 
         work.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from other users
         if destination.exists():

@@ -2,7 +2,8 @@
 
 `torch` runs the original weights; `coreml` (macOS) and `mil` (the numpy reference executor,
 any OS) run the programs of a converted bundle. `auto` is Core ML on macOS when a bundle
-exists, PyTorch otherwise.
+exists (api.load_model converts a catalog model there first: coreml/first_use.py), PyTorch
+otherwise.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import ModelError
-from ..weights import Weights
 from .base import DecoderSession, Engine
 
 if TYPE_CHECKING:
     from ..coreml.bundle import Bundle
+    from ..weights import Weights
 
 ENGINES = ("auto", "torch", "coreml", "mil")
 

@@ -9,11 +9,12 @@ PyTorch, Core ML and the reference executor produce the same transcript by const
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..model import ModelDimensions
+if TYPE_CHECKING:
+    from ..model import ModelDimensions
 
 
 class DecoderSession(Protocol):
