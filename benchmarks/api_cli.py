@@ -46,6 +46,7 @@ def cli_seconds(clip: Path) -> float:
         with tempfile.TemporaryDirectory() as folder:
             report = Path(folder) / "report.json"
             command = ["-c", "from whisper_coreml.cli import transcribe_main; transcribe_main()", str(clip)]
+            command += ["--compute-type", "float32"]  # the API's default: the same arithmetic on both sides
             subprocess.run(
                 [sys.executable, *command, "-o", folder, "-f", "txt", "--cues", "raw", "--report", str(report), "-q"],
                 check=True,

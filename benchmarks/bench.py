@@ -1,12 +1,15 @@
 """Speed, memory and accuracy of whisper-coreml against openai-whisper and faster-whisper.
 
-    python benchmarks/bench.py [--model tiny.en] [--threads 2] [--sets en,long]
+    python benchmarks/bench.py [--model tiny.en] [--threads 2] [--sets en,long] [--beam-size 1]
                                [--systems ours,openai,faster] [--json out.json]
+    python benchmarks/bench.py --systems ours,ours@int8_bfloat16,faster,faster@int8 --beam-size 5
 
 Every system runs in its own subprocess (one per set), so the peak RSS reported is that
 system's own, and every system gets the same thread count. All three run the SAME weights (the
-model's CTranslate2 package) with the same decoding: greedy at temperature 0, fallback through
-(0.2 ... 1.0) with best_of=5, conditioned on the previous text, no VAD, fp32 on the CPU.
+model's CTranslate2 package) with the same decoding: greedy (or `--beam-size N` beams) at
+temperature 0, fallback through (0.2 ... 1.0) with best_of=5, conditioned on the previous text,
+no VAD. `ours` and `faster` run in float32 on the CPU; `ours@TYPE` and `faster@TYPE` in a compute
+type of their own (our --compute-type, CTranslate2's compute_type), side by side with the rest.
 Each file is timed from its path to the finished segments, as a user experiences it.
 
 The processes stay alive for a whole set and take turns file by file (round robin), so a burst
@@ -34,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".opus", ".ogg", ".m4a", ".webm", ".mp4"}
-SYSTEMS = ("ours", "openai", "faster")
+SYSTEMS = ("ours", "openai", "faster")  # ours and faster also as ours@TYPE, faster@TYPE
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 CT2_CACHE = Path(tempfile.gettempdir()) / "whisper-coreml-bench"
 
@@ -44,6 +47,10 @@ UNDISTURBED_PCT = 5.0
 # Targets, checked for every set: WER within 0.3 points of openai-whisper's, and at most 0.7x its time.
 WER_TOLERANCE_POINTS = 0.3
 TIME_RATIO_TARGET = 0.7
+# Issue 11, against faster-whisper in the same mode (float32 with float32, int8 with int8): at most
+# 0.8x its time and 1.1x its peak RSS; a quantized type's WER within 0.3 points of our float32's.
+FASTER_TIME_TARGET = 0.8
+FASTER_RSS_TARGET = 1.1
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,6 +75,12 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def split_system(label: str) -> tuple[str, str | None]:
+    """`ours@int8` -> ("ours", "int8"); `faster` -> ("faster", None): the implementation's default (float32)."""
+    system, _, compute_type = label.partition("@")
+    return system, compute_type or None
+
+
 class _Ours:
     def __init__(self, spec: dict) -> None:
         import torch
@@ -75,11 +88,14 @@ class _Ours:
         torch.set_num_threads(spec["threads"])
         import whisper_coreml as wc
 
-        self.model = wc.load_model(spec["model"], engine="torch")
+        self.model = wc.load_model(spec["model"], engine="torch", compute_type=spec["compute_type"])
         self.version = wc.__version__
+        self.beam_size = spec["beam_size"] if spec["beam_size"] > 1 else None
+        engine = self.model.engine
+        self.info = {"device": str(engine.device), "compute_type": engine.compute_type}
 
     def transcribe(self, path: str) -> tuple[str, list[list]]:
-        result = self.model.transcribe(path)
+        result = self.model.transcribe(path, beam_size=self.beam_size)
         return result.text, [[s.start, s.end, s.text] for s in result.segments]
 
 
@@ -102,6 +118,8 @@ class _OpenAI:
         self.whisper = whisper
         self.version = whisper.__version__
         self.use_array = spec["openai_input"] == "array"
+        self.beam_size = spec["beam_size"] if spec["beam_size"] > 1 else None
+        self.info = {"device": "cpu", "compute_type": "float32"}
 
     def transcribe(self, path: str) -> tuple[str, list[list]]:
         self.torch.manual_seed(0)  # fallback temperatures sample: make every run of a file the same
@@ -117,7 +135,7 @@ class _OpenAI:
             fp16=False,
             temperature=TEMPERATURES,
             best_of=5,
-            beam_size=None,
+            beam_size=self.beam_size,
             condition_on_previous_text=True,
         )
         return result["text"], [[s["start"], s["end"], s["text"]] for s in result["segments"]]
@@ -129,16 +147,19 @@ class _Faster:
         import faster_whisper
 
         self.ctranslate2 = ctranslate2
+        compute_type = spec["compute_type"] or "float32"
         self.model = faster_whisper.WhisperModel(
-            spec["ct2_dir"], device="cpu", compute_type="float32", cpu_threads=spec["threads"], num_workers=1
+            spec["ct2_dir"], device="cpu", compute_type=compute_type, cpu_threads=spec["threads"], num_workers=1
         )
         self.version = faster_whisper.__version__
+        self.beam_size = spec["beam_size"]
+        self.info = {"device": "cpu", "compute_type": self.model.model.compute_type}
 
     def transcribe(self, path: str) -> tuple[str, list[list]]:
         self.ctranslate2.set_random_seed(0)  # as for openai-whisper: repeatable sampling at fallback temperatures
         segments, _info = self.model.transcribe(
             path,
-            beam_size=1,
+            beam_size=self.beam_size,
             best_of=5,
             temperature=list(TEMPERATURES),
             condition_on_previous_text=True,
@@ -157,13 +178,15 @@ def child_main(spec_file: str) -> int:
     os.dup2(2, 1)
     spec = json.loads(Path(spec_file).read_text())
     t0 = time.perf_counter()
-    runner = {"ours": _Ours, "openai": _OpenAI, "faster": _Faster}[spec["system"]](spec)
+    system, spec["compute_type"] = split_system(spec["system"])
+    runner = {"ours": _Ours, "openai": _OpenAI, "faster": _Faster}[system](spec)
     load_s = time.perf_counter() - t0
     rss_after_load = _rss_mb("VmRSS")
     t0 = time.perf_counter()
     runner.transcribe(spec["warmup"])
     warmup_s = time.perf_counter() - t0
     ready = {"version": runner.version, "load_s": load_s, "warmup_s": warmup_s, "rss_after_load_mb": rss_after_load}
+    ready |= runner.info  # the device and the compute type it ran in, `auto` resolved
     reply.write(json.dumps(ready) + "\n")
 
     profiler = None
@@ -325,7 +348,7 @@ def run_set(name: str, files: list[Path], systems: list[str], base_spec: dict, a
         try:
             for system in systems:  # one at a time, so loading is not slowed by the others
                 spec = {**base_spec, "system": system}
-                if args.profile and system == "ours":
+                if args.profile and split_system(system)[0] == "ours":
                     spec["profile"] = str(args.profile.with_name(f"{args.profile.name}.{name}.prof"))
                 children[system] = Child(spec, args.threads, Path(tmp))
                 runs[system] = {"system": system, **children[system].ready, "files": []}
@@ -410,16 +433,23 @@ def summarise(runs: dict[str, dict], refs: list[str], audio_s: float) -> dict[st
             "others_pct": 100 * sum(f["others_s"] for f in files) / machine if machine else 0.0,
             "undisturbed_files": len(quiet),
             "undisturbed_wall_s": sum(files[i]["wall_s"] for i in quiet),
+            "compute_type": run.get("compute_type"),
         }
         if "openai" in runs:
             rows[system]["parity"] = parity(run, runs["openai"])
     return rows
 
 
+def reference_row(rows: dict[str, dict]) -> dict | None:
+    """The row ratios are taken to: `ours` (float32), else the first of ours' rows."""
+    return rows.get("ours") or next((r for s, r in rows.items() if split_system(s)[0] == "ours"), None)
+
+
 def print_table(title: str, rows: dict[str, dict]) -> None:
-    ours = rows.get("ours")
+    ours = reference_row(rows)
+    width = max(8, *map(len, rows))
     head = (
-        f"{'system':<8} {'files':>5} {'audio s':>8} {'load s':>7} {'wall s':>8} {'cpu s':>8} {'RTF':>6} "
+        f"{'system':<{width}} {'files':>5} {'audio s':>8} {'load s':>7} {'wall s':>8} {'cpu s':>8} {'RTF':>6} "
         f"{'RSS MB':>7} {'WER %':>6} {'t/ours':>6} {'RSS/ours':>8} {'other%':>6}  "
         "same text as openai, max |Δstart|/|Δend|"
     )
@@ -434,7 +464,7 @@ def print_table(title: str, rows: dict[str, dict]) -> None:
             if p["seg_count_differs"]:
                 par += f" ({p['seg_count_differs']} with other segmentation)"
         print(
-            f"{system:<8} {r['files']:>5} {r['audio_s']:>8.1f} {r['load_s']:>7.2f} {r['wall_s']:>8.2f} "
+            f"{system:<{width}} {r['files']:>5} {r['audio_s']:>8.1f} {r['load_s']:>7.2f} {r['wall_s']:>8.2f} "
             f"{r['cpu_s']:>8.2f} {r['rtf']:>6.3f} {r['peak_rss_mb']:>7.0f} {r['wer']:>6.2f} {t_ratio:>6} "
             f"{m_ratio:>8} {r['others_pct']:>6.0f}  {par}"
         )
@@ -458,35 +488,86 @@ def print_table(title: str, rows: dict[str, dict]) -> None:
         )
 
 
+def family(compute_type: str | None) -> str:
+    """The mode a compute type is compared in: int8 with int8 (with or without bfloat16 around it), else itself."""
+    return "int8" if compute_type and compute_type.startswith("int8") else compute_type or "float32"
+
+
 def check_targets(title: str, rows: dict[str, dict]) -> list[bool]:
-    if "ours" not in rows or "openai" not in rows:
-        return []
-    ours, oa = rows["ours"], rows["openai"]
-    dwer = ours["wer"] - oa["wer"]
-    ratio, basis = ours["wall_s"] / oa["wall_s"], "all files"
-    # On a busy machine judge speed on the files nobody was disturbed on, if they are at least half.
-    disturbed = max(ours["others_pct"], oa["others_pct"]) > 10
-    if disturbed and 2 * ours["undisturbed_files"] >= ours["files"] and oa["undisturbed_wall_s"]:
-        ratio = ours["undisturbed_wall_s"] / oa["undisturbed_wall_s"]
+    verdicts: list[bool] = []
+    for label, ours in rows.items():
+        if split_system(label)[0] == "ours":
+            if "openai" in rows:
+                verdicts += _openai_targets(title, label, ours, rows["openai"])
+            verdicts += _faster_targets(title, label, ours, rows)
+    return verdicts
+
+
+def _time_ratio(ours: dict, other: dict) -> tuple[float, str]:
+    """ours / other wall time; on a busy machine over the files nobody was disturbed on, if they are at least half."""
+    disturbed = max(ours["others_pct"], other["others_pct"]) > 10
+    if disturbed and 2 * ours["undisturbed_files"] >= ours["files"] and other["undisturbed_wall_s"]:
         basis = f"{ours['undisturbed_files']} undisturbed files"
+        return ours["undisturbed_wall_s"] / other["undisturbed_wall_s"], basis
+    return ours["wall_s"] / other["wall_s"], "all files"
+
+
+def _verdict(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def _openai_targets(title: str, label: str, ours: dict, oa: dict) -> list[bool]:
+    dwer = ours["wer"] - oa["wer"]
+    ratio, basis = _time_ratio(ours, oa)
     wer_ok = abs(dwer) <= WER_TOLERANCE_POINTS
     time_ok = ratio <= TIME_RATIO_TARGET
     print(
-        f"targets [{title}]: WER {ours['wer']:.2f} vs openai {oa['wer']:.2f} (Δ {dwer:+.2f}, need |Δ| <= "
-        f"{WER_TOLERANCE_POINTS}): {'MET' if wer_ok else 'NOT MET'}; time {ratio:.2f}x openai on {basis} "
-        f"(need <= {TIME_RATIO_TARGET}x): {'MET' if time_ok else 'NOT MET'}"
+        f"targets [{title}] {label}: WER {ours['wer']:.2f} vs openai {oa['wer']:.2f} (Δ {dwer:+.2f}, need |Δ| <= "
+        f"{WER_TOLERANCE_POINTS}): {_verdict(wer_ok)}; time {ratio:.2f}x openai on {basis} "
+        f"(need <= {TIME_RATIO_TARGET}x): {_verdict(time_ok)}"
     )
     return [wer_ok, time_ok]
 
 
+def _faster_targets(title: str, label: str, ours: dict, rows: dict[str, dict]) -> list[bool]:
+    """Issue 11's: against every faster-whisper row in the same mode; a quantized type's WER against our float32."""
+    verdicts = []
+    mode = family(ours["compute_type"])
+    for other, fw in rows.items():
+        if split_system(other)[0] != "faster" or family(fw["compute_type"]) != mode:
+            continue
+        ratio, basis = _time_ratio(ours, fw)
+        rss = ours["peak_rss_mb"] / fw["peak_rss_mb"]
+        time_ok, rss_ok = ratio <= FASTER_TIME_TARGET, rss <= FASTER_RSS_TARGET
+        print(
+            f"targets [{title}] {label} vs {other}: time {ratio:.2f}x on {basis} (need <= {FASTER_TIME_TARGET}x): "
+            f"{_verdict(time_ok)}; peak RSS {rss:.2f}x (need <= {FASTER_RSS_TARGET}x): {_verdict(rss_ok)}"
+        )
+        verdicts += [time_ok, rss_ok]
+    fp32 = rows.get("ours") or rows.get("ours@float32")
+    if fp32 is not None and fp32 is not ours and mode != "float32":
+        dwer = ours["wer"] - fp32["wer"]
+        wer_ok = dwer <= WER_TOLERANCE_POINTS
+        print(
+            f"targets [{title}] {label}: WER {ours['wer']:.2f} vs our float32 {fp32['wer']:.2f} (Δ {dwer:+.2f}, need "
+            f"<= +{WER_TOLERANCE_POINTS}): {_verdict(wer_ok)}"
+        )
+        verdicts.append(wer_ok)
+    return verdicts
+
+
+# The CPU features that decide which kernels int8 and bfloat16 get.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16")
+
+
 def machine_info(threads: int) -> dict:
     cpu = platform.processor()
+    flags: list[str] = []
     try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        present = next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags"))
+        flags = [f for f in CPU_FLAGS if f in present]
     except (OSError, StopIteration):
         pass
     try:
@@ -498,6 +579,7 @@ def machine_info(threads: int) -> dict:
     return {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": cpu,
+        "cpu_flags": flags,
         "cores": os.cpu_count(),
         "threads": threads,
         "python": platform.python_version(),
@@ -516,7 +598,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sets", default="en,long", help="comma-separated folders of <shared>/speech")
-    ap.add_argument("--systems", default="ours,openai,faster", help=f"comma-separated, of {', '.join(SYSTEMS)}")
+    ap.add_argument(
+        "--systems",
+        default="ours,openai,faster",
+        help=f"comma-separated, of {', '.join(SYSTEMS)}; ours@TYPE and faster@TYPE run in compute type TYPE",
+    )
+    ap.add_argument("--beam-size", type=int, default=1, help="beams for every system (1: greedy)")
     ap.add_argument("--json", type=Path, help="write per-file results (text, segments, times) here")
     ap.add_argument("--limit", type=int, default=0, help="only the first N files of each set (quick runs)")
     ap.add_argument("--repeat", type=int, default=1, help="transcribe each file N times, report the fastest")
@@ -534,8 +621,12 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args.child)
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if unknown := set(systems) - set(SYSTEMS):
-        ap.error(f"unknown system(s): {', '.join(sorted(unknown))}")
+    if unknown := {s for s in systems if split_system(s)[0] not in SYSTEMS or s.startswith("openai@")}:
+        ap.error(f"unknown system(s): {', '.join(sorted(unknown))} (openai-whisper runs in float32 only)")
+    if len(set(systems)) < len(systems):
+        ap.error("a system is named twice")
+    if args.beam_size < 1:
+        ap.error("--beam-size must be at least 1")
     speech = shared_dir() / "speech"
     if not speech.is_dir():
         print(f"benchmark skipped: no speech data at {speech} (set WHISPER_COREML_SHARED to the shared/ folder)")
@@ -557,7 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args.threads)
     print(
         f"whisper-coreml benchmark  {info['date']}  model={args.model}  threads={args.threads}  "
-        f"cpu={info['cpu']} ({info['cores']} cores)  commit={info['commit']}  loadavg={_fmt_load(info['loadavg'])}"
+        f"beam_size={args.beam_size}  cpu={info['cpu']} ({info['cores']} cores; {' '.join(info['cpu_flags'])})  "
+        f"commit={info['commit']}  loadavg={_fmt_load(info['loadavg'])}"
     )
     openai_input = "file"
     if "openai" in systems and shutil.which("ffmpeg") is None:
@@ -567,11 +659,11 @@ def main(argv: list[str] | None = None) -> int:
             "(decoded inside its timed region)"
         )
     ct2_dir = None
-    if "faster" in systems:
+    if any(split_system(s)[0] == "faster" for s in systems):
         ct2_dir, why = faster_model_dir(args.model)
         if ct2_dir is None:
             print(f"faster-whisper skipped: {why}")
-            systems.remove("faster")
+            systems = [s for s in systems if split_system(s)[0] != "faster"]
     if not systems:
         print("benchmark skipped: no systems to run")
         return 0
@@ -590,9 +682,10 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": str(warmup),
         "openai_input": openai_input,
         "ct2_dir": ct2_dir,
+        "beam_size": args.beam_size,
     }
     report: dict = {"machine": info, "model": args.model, "openai_input": openai_input, "sets": {}}
-    report.update(warmup=str(warmup), repeat=args.repeat)
+    report.update(warmup=str(warmup), repeat=args.repeat, beam_size=args.beam_size)
     totals: dict[str, dict] = {s: {"load_s": 0.0, "peak_rss_mb": 0.0, "files": []} for s in systems}
     all_refs: list[str] = []
     verdicts: list[bool] = []
@@ -602,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
         load_before = os.getloadavg()
         print(f"[{name}] {len(files)} files, systems in turn: {', '.join(systems)}", flush=True)
         runs = run_set(name, files, systems, base_spec, args)
+        ran = ", ".join(f"{s} {r['compute_type']} on {r['device']}" for s, r in runs.items())
+        print(f"[{name}] compute types and devices: {ran}")
         load_after = os.getloadavg()
         refs = [p.with_suffix(".txt").read_text(encoding="utf-8") for p in files]
         for system, run in runs.items():
@@ -611,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
             t["files"] += run["files"]
             t["load_s"] = max(t["load_s"], run["load_s"])
             t["peak_rss_mb"] = max(t["peak_rss_mb"], run["peak_rss_mb"])
+            t["compute_type"] = run["compute_type"]
         audio_s = sum(durations[str(p)] for p in files)
         rows = summarise(runs, refs, audio_s)
         print_table(

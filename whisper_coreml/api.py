@@ -15,7 +15,7 @@ from .audio import MelSource
 from .catalog import default_model, find_bundle, find_tokenizer, models_dir, resolve_weights
 from .coreml.bundle import load_bundle
 from .coreml.first_use import convert_on_first_use, converts_on_first_use
-from .engines import create_bundle_engine, create_torch_engine, resolve_engine_name
+from .engines import check_compute_type, create_bundle_engine, create_torch_engine, resolve_engine_name
 from .engines.base import Engine
 from .errors import ModelError
 from .result import TranscriptionResult
@@ -172,20 +172,30 @@ def load_model(
     engine: str = "auto",
     device: str | None = None,
     progress: Callable[[str], None] = _say,
+    compute_type: str | None = None,
 ) -> WhisperModel:
     """Load a model by catalog name (e.g. 'tiny.en', 'base') or path, on the chosen engine.
 
     `coreml` and `mil` run a converted bundle (a bundle path, or `models/<name>-coreml`);
     `torch` runs the original weights (for a bundle path: the weights it was converted from);
     `auto` is Core ML on macOS, converting a catalog model the first time (coreml/first_use.py;
-    `progress` hears one line about it, on stderr by default), and PyTorch everywhere else.
+    `progress` hears one line about it, on stderr by default), and PyTorch everywhere else (and
+    whenever a compute type that only PyTorch runs is asked for).
+
+    `compute_type` is the torch engine's number format: float32, int8, bfloat16, int8_bfloat16
+    (a bfloat16 encoder, an int8 decoder), float16 (GPUs), or auto, the fastest that stayed as
+    accurate as float32 on this device (see engines/precision.py). The default, None, is
+    openai-whisper's: float32 on the CPU (its exact text), float16 on GPUs. A bundle runs in
+    the precision it was converted with, so the coreml and mil engines take only None or auto.
     """
     name = model or default_model()
     bundle_path = find_bundle(name)
-    if bundle_path is None and engine == "auto" and converts_on_first_use(name):
+    bundle_wanted = compute_type in (None, "auto")  # a compute type that just PyTorch runs skips bundles
+    if bundle_path is None and engine == "auto" and bundle_wanted and converts_on_first_use(name):
         bundle_path = convert_on_first_use(name, progress)
-    engine = resolve_engine_name(engine, bundle_path is not None)
+    engine = resolve_engine_name(engine, bundle_path is not None and bundle_wanted)
     if engine in ("coreml", "mil"):
+        check_compute_type(engine, device, compute_type)
         if bundle_path is None:
             raise ModelError(
                 f"no converted Core ML bundle for '{name}' (looked for {models_dir() / (name + '-coreml')}); "
@@ -197,11 +207,12 @@ def load_model(
         name = load_bundle(bundle_path, verify_checksums=False).manifest.name
     weights = resolve_weights(name)
     tokenizer = Tokenizer(find_tokenizer(weights), weights.dims.n_vocab, weights.dims.num_languages)
-    return WhisperModel(create_torch_engine(weights, device), tokenizer, name)
+    return WhisperModel(create_torch_engine(weights, device, compute_type), tokenizer, name)
 
 
 def transcribe(audio: str | Path | np.ndarray, model: str | None = None, **options: Any) -> TranscriptionResult:
     """One-shot shortcut: load `model` and transcribe `audio` with it."""
     engine = options.pop("engine", "auto")
     device = options.pop("device", None)
-    return load_model(model, engine=engine, device=device).transcribe(audio, **options)
+    compute_type = options.pop("compute_type", None)
+    return load_model(model, engine=engine, device=device, compute_type=compute_type).transcribe(audio, **options)

@@ -78,6 +78,9 @@ class Settings:
     `write` is what the user asked for; each input's own write options follow from it and the
     input (`write_for`: a video's frame rate and picture format unless `fps_explicit`, the
     input as the FCPXML's clip `with_media`), so the keys need no probing of the input.
+    `compute_type` is part of the transcription: int8 or bfloat16 arithmetic can change words.
+    It is the choice as given (`auto` stays `auto`, like the device), so that deciding whether
+    a file is up to date never needs the model, or torch, loaded.
     """
 
     model: str
@@ -85,9 +88,12 @@ class Settings:
     write: WriteOptions
     fps_explicit: bool = True
     with_media: bool = False
+    compute_type: str = "auto"
 
     def transcription_key(self) -> str:
-        return settings_key({"model": self.model, "options": asdict(self.transcription)})
+        return settings_key(
+            {"model": self.model, "options": asdict(self.transcription), "compute_type": self.compute_type}
+        )
 
     def output_key(self, fmt: str) -> str:
         choices = {"fps_explicit": self.fps_explicit, "with_media": self.with_media}

@@ -132,6 +132,14 @@ def transcribe_command(
         str, typer.Option(help="auto, torch, coreml (macOS) or mil (converted model, any OS).", metavar="ENGINE")
     ] = "auto",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, mps or auto (torch engine).", metavar="DEVICE")] = None,
+    compute_type: Annotated[
+        str,
+        typer.Option(
+            help="auto, float32, int8, bfloat16, int8_bfloat16 or float16 (torch engine); auto: the fastest "
+            "as accurate as float32 here.",
+            metavar="TYPE",
+        ),
+    ] = "auto",  # settings.Choices.compute_type
     word_timestamps: Annotated[
         bool | None,
         typer.Option(
@@ -207,7 +215,8 @@ def transcribe_command(
     skipped; a bad file never stops the rest."""
     from .batch import discover, plan, run_batch
     from .catalog import default_model
-    from .engines import ENGINES
+    from .engines import ENGINES, check_compute_type
+    from .errors import ModelError
     from .settings import Choices, build_settings
     from .writers import parse_formats
 
@@ -226,6 +235,7 @@ def transcribe_command(
         vad=vad,
         batch_size=batch_size,
         hallucination_silence_threshold=hallucination_silence_threshold,
+        compute_type=compute_type,
         word_timestamps=word_timestamps,
         cues=cues,
         max_line_width=max_line_width,
@@ -245,9 +255,10 @@ def transcribe_command(
         if device is not None:
             _check_choice("--device", device, ("auto", "cpu", "cuda", "mps"))
         settings = build_settings(name, choices)  # the same checks and defaults as the server's
+        check_compute_type(engine, device, compute_type)  # e.g. float16 on the CPU, int8 on the mil engine
         found = discover(paths, recursive, include or (), exclude or ())
         jobs = plan(found.inputs, parse_formats(",".join(format)), output_dir)
-    except ValueError as e:
+    except (ValueError, ModelError) as e:
         raise fail(str(e), 2) from None
     if not jobs:
         raise fail("no audio or video files found in " + ", ".join(map(str, paths)), 2)
@@ -261,7 +272,7 @@ def transcribe_command(
         from .api import load_model  # torch: only when an input needs transcribing
 
         say = (lambda line: None) if quiet else (lambda line: stderr.print(line, markup=False, soft_wrap=True))
-        whisper = load_model(model, engine=engine, device=device, progress=say)
+        whisper = load_model(model, engine=engine, device=device, progress=say, compute_type=compute_type)
         whisper.options(settings.transcription)  # refuses, e.g., German for an English-only model
         return whisper
 

@@ -50,10 +50,14 @@ def default_alignment_heads(n_layer: int, n_head: int) -> tuple[tuple[int, int],
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
-    """The encoder's fixed positional embedding, for checkpoints that do not store it."""
+    """The encoder's fixed positional embedding, for checkpoints that do not store it.
+
+    Computed on the CPU even while an engine builds the model on the meta device, where this
+    arithmetic would import ~800 of PyTorch's modules (75 MB resident, and time).
+    """
     increment = math.log(max_timescale) / (channels // 2 - 1)
-    inv_timescales = torch.exp(-increment * torch.arange(channels // 2))
-    scaled = torch.arange(length)[:, None] * inv_timescales[None, :]
+    inv_timescales = torch.exp(-increment * torch.arange(channels // 2, device="cpu"))
+    scaled = torch.arange(length, device="cpu")[:, None] * inv_timescales[None, :]
     return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1)
 
 
@@ -160,7 +164,10 @@ class TextDecoder(nn.Module):
 
     def __init__(self, n_vocab: int, n_ctx: int, n_state: int, n_head: int, n_layer: int) -> None:
         super().__init__()
-        self.token_embedding = nn.Embedding(n_vocab, n_state)
+        # Left uninitialised like `positional_embedding` (weights are always loaded over it): a
+        # random initialisation on the meta device, where engines build the model, would import
+        # ~800 of PyTorch's modules, as `sinusoids` would.
+        self.token_embedding = nn.Embedding(n_vocab, n_state, _weight=torch.empty(n_vocab, n_state))
         self.positional_embedding = nn.Parameter(torch.empty(n_ctx, n_state))
         self.blocks = nn.ModuleList(
             ResidualAttentionBlock(n_state, n_head, cross_attention=True) for _ in range(n_layer)
@@ -175,7 +182,8 @@ class TextDecoder(nn.Module):
     def embed(self, tokens: Tensor, offset: int) -> Tensor:
         """Token plus positional embedding for positions offset .. offset + T - 1."""
         positions = self.positional_embedding[offset : offset + tokens.shape[-1]]
-        return (self.token_embedding(tokens) + positions).to(self.token_embedding.weight.dtype)
+        # in the positions' format: an engine may keep the token table smaller than the activations
+        return (self.token_embedding(tokens) + positions).to(positions.dtype)
 
     def logits(self, x: Tensor) -> Tensor:
         """Final norm and the tied output projection, always in float32."""
@@ -201,15 +209,15 @@ class TextDecoder(nn.Module):
         else:
             queries = torch.arange(offset, offset + t, device=tokens.device)
             positions = (queries[None] - padding[:, None]).clamp(min=0)
-            x = (self.token_embedding(tokens) + self.positional_embedding[positions]).to(
-                self.token_embedding.weight.dtype
-            )
+            x = self.token_embedding(tokens) + self.positional_embedding[positions]
+            x = x.to(self.positional_embedding.dtype)  # as `embed`: in the positions' format
             keys = torch.arange(offset + t, device=tokens.device)
             # Filler is hidden from every query but itself (a query that saw nothing would be NaN,
             # and NaN values poison the weighted sum even where their weight is zero).
             hidden = (keys[None, None] < padding[:, None, None]) & (keys[None, None] != queries[None, :, None])
             hidden |= keys[None, None] > queries[None, :, None]  # causal
-            mask = torch.zeros(hidden.shape, device=tokens.device).masked_fill_(hidden, float("-inf"))[:, None]
+            mask = torch.zeros(hidden.shape, dtype=x.dtype, device=tokens.device).masked_fill_(hidden, float("-inf"))
+            mask = mask[:, None]
         new_cache: list[KV] = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, None if cache is None else cache[i], cross_kv[i], mask)

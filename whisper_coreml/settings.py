@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .batch import Settings
+from .engines import COMPUTE_TYPES
 from .subtitles import CueRules
 from .timecode import frame_rate
 from .tokenizer import language_code
@@ -44,6 +45,7 @@ class Choices:
     vad: bool = True  # decode only the speech Silero VAD finds
     batch_size: int = 1  # windows decoded together; above 1, with VAD, stretches are decoded independently
     hallucination_silence_threshold: float | None = None
+    compute_type: str = "auto"  # the torch engine's number format (engines/precision.py)
     word_timestamps: bool | None = None
     cues: str = "rules"
     max_line_width: int = 42
@@ -66,6 +68,8 @@ def build_settings(model: str, choices: Choices, option: Callable[[str], str] = 
     read or any model loaded."""
     if choices.task not in ("transcribe", "translate"):
         raise ValueError(f"{option('task')} {choices.task}: choose one of transcribe, translate")
+    if choices.compute_type not in COMPUTE_TYPES:
+        raise ValueError(f"{option('compute_type')} {choices.compute_type}: choose one of {', '.join(COMPUTE_TYPES)}")
     for field, value, least in (("max_line_width", choices.max_line_width, 1), ("max_lines", choices.max_lines, 1)):
         if value < least:
             raise ValueError(f"{option(field)} {value}: must be at least {least}")
@@ -138,4 +142,5 @@ def build_settings(model: str, choices: Choices, option: Callable[[str], str] = 
         write,
         fps_explicit=choices.fps is not None,
         with_media=choices.fcpxml_with_media,
+        compute_type=choices.compute_type,
     )

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from ..weights import Weights
 
 ENGINES = ("auto", "torch", "coreml", "mil")
+# --compute-type: what the torch engine computes in (engines/precision.py says what each means where)
+COMPUTE_TYPES = ("auto", "float32", "int8", "bfloat16", "int8_bfloat16", "float16")
 
 
 def resolve_engine_name(name: str, have_bundle: bool) -> str:
@@ -30,11 +32,30 @@ def resolve_engine_name(name: str, have_bundle: bool) -> str:
     return name
 
 
-def create_torch_engine(weights: Weights, device: str | None = None) -> Engine:
-    """The PyTorch engine over the original weights."""
+def check_compute_type(engine: str, device: str | None, compute_type: str | None) -> None:
+    """Refuse, before any work, a compute type the chosen engine and device cannot run (a one-line ModelError).
+
+    A converted bundle runs in the precision it was converted with: coreml and mil take none.
+    `auto` (and None) always resolve, so only an explicit type is checked against the device.
+    """
+    if compute_type in (None, "auto"):
+        return
+    if engine in ("coreml", "mil"):
+        raise ModelError(
+            f"--compute-type {compute_type}: the {engine} engine runs a converted bundle in the precision it was "
+            "converted with (whisper-coreml convert --precision, --quantize); use --engine torch"
+        )
+    from .precision import resolve_precision
+    from .pytorch import pick_device
+
+    resolve_precision(compute_type, pick_device(device))
+
+
+def create_torch_engine(weights: Weights, device: str | None = None, compute_type: str | None = None) -> Engine:
+    """The PyTorch engine over the original weights, in `compute_type` (None: float32 on CPU, float16 on GPUs)."""
     from .pytorch import TorchEngine
 
-    return TorchEngine(weights, device)
+    return TorchEngine(weights, device, compute_type)
 
 
 def create_bundle_engine(bundle: Bundle, name: str = "auto") -> Engine:
@@ -52,4 +73,13 @@ def create_bundle_engine(bundle: Bundle, name: str = "auto") -> Engine:
     raise ModelError(f"engine '{name}' cannot run a converted bundle: choose coreml, mil or auto")
 
 
-__all__ = ["ENGINES", "DecoderSession", "Engine", "create_bundle_engine", "create_torch_engine", "resolve_engine_name"]
+__all__ = [
+    "COMPUTE_TYPES",
+    "ENGINES",
+    "DecoderSession",
+    "Engine",
+    "check_compute_type",
+    "create_bundle_engine",
+    "create_torch_engine",
+    "resolve_engine_name",
+]

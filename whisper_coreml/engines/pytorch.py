@@ -6,12 +6,17 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import openmp
 from ..errors import ModelError
-from ..model import KV, Whisper, default_alignment_heads
+from ..model import KV, LayerNorm, Whisper, default_alignment_heads
 from ..weights import Weights
+from .precision import resolve_precision
+from .quantize import FEW_ROWS, MANY_ROWS, Int8Linear, kernel_library, quantize_linears
+
+# The format activations flow in through each half; int8 layers take and give float32.
+ACTIVATIONS = {"float32": torch.float32, "int8": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -54,6 +59,41 @@ class BlockedProjection:
         out = torch.bmm(rows.expand(n, *rows.shape), self.blocks)  # (blocks, rows, block width)
         logits = out.permute(1, 0, 2).reshape(rows.shape[0], -1)[:, : self.n_vocab]
         return logits.reshape(*h.shape[:-1], self.n_vocab)
+
+
+class Projection:
+    """The final norm and the vocabulary projection in the weights' own format; float32 logits.
+
+    `weight` is (n_state, n_vocab) or an `Int8Linear`; a half-precision product is what
+    openai-whisper computes on GPUs too.
+    """
+
+    def __init__(self, norm: nn.Module, weight: Tensor | Int8Linear) -> None:
+        self.norm = norm
+        self.weight = weight
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        h = self.norm(hidden)
+        if isinstance(self.weight, Int8Linear):
+            return self.weight(h.float())
+        return (h.to(self.weight.dtype) @ self.weight).float()
+
+
+def _convert(half: nn.Module, fmt: str, rows: str, many_rows: tuple[str, ...] = ()) -> None:
+    """Put one half of the model into `fmt`, in place, module by module (no second copy of the half).
+
+    Layer norms stay float32 (they compute in it). Under int8 the token table becomes float16:
+    the projection gets its own int8 copy (TorchEngine._projection), lookups read a few rows a step.
+    """
+    if fmt == "int8":
+        quantize_linears(half, rows, many_rows)
+    for module in half.modules():
+        dtype = ACTIVATIONS[fmt]
+        if isinstance(module, LayerNorm):
+            dtype = torch.float32
+        elif isinstance(module, nn.Embedding) and fmt == "int8":
+            dtype = torch.float16
+        module._apply(lambda t, dtype=dtype: t.to(dtype) if t.is_floating_point() else t, recurse=False)
 
 
 class TorchSession:
@@ -102,41 +142,62 @@ class TorchSession:
 
 
 class TorchEngine:
-    """Whisper in PyTorch; fp32 on CPU (fp16 matmuls are slow there), fp16 on accelerators."""
+    """Whisper in PyTorch, each half in the format its compute type gives it on this device (precision.py)."""
 
     name = "torch"
 
-    def __init__(self, weights: Weights, device: str | None = None) -> None:
+    def __init__(self, weights: Weights, device: str | None = None, compute_type: str | None = None) -> None:
         self.device = pick_device(device)
         if self.device.type == "cpu":
             openmp.warn_if_late()
+        self.precision = resolve_precision(compute_type, self.device)
         self.dims = weights.dims
-        dtype = torch.float32 if self.device.type == "cpu" else torch.float16
         with torch.device("meta"):  # no random initialisation to overwrite: large-v3 would need 6 GB more
             model = Whisper(weights.dims)
-        model.load_state_dict({k: v.to(dtype) for k, v in weights.state_dict.items()}, assign=True)
-        self.model = model.to(self.device, dtype).eval()
-        # Store the tied embedding column-major: the per-token vocabulary projection then reads
-        # contiguous memory (twice as fast on CPU), and token lookups barely notice. On a
-        # multi-core CPU the columns are padded to a whole number of blocks (BlockedProjection).
-        embedding = self.model.decoder.token_embedding
-        n_vocab, n_state = embedding.weight.shape
-        threads = torch.get_num_threads() if self.device.type == "cpu" else 1
-        storage = torch.zeros(n_state, -(-n_vocab // threads) * threads, dtype=dtype, device=self.device)
-        storage[:, :n_vocab] = embedding.weight.detach().T
-        embedding.weight = torch.nn.Parameter(storage[:, :n_vocab].T, requires_grad=False)
-        self.dtype = dtype
-        self.logits: Callable[[Tensor], Tensor] = (
-            BlockedProjection(self.model, storage, threads) if threads > 1 else self.model.decoder.logits
-        )
+        # The checkpoint's own tensors, converted module by module: never a float32 copy of the
+        # whole model beside the checkpoint when the formats are smaller.
+        model.load_state_dict(weights.state_dict, assign=True)
+        self.model = model.eval()
+        self.encoder_dtype = ACTIVATIONS[self.precision.encoder]
+        self.decoder_dtype = ACTIVATIONS[self.precision.decoder]
+        self.logits = self._projection()  # first: its tables are made from the checkpoint's embedding
+        _convert(self.model.encoder, self.precision.encoder, MANY_ROWS)
+        # The decoder reads one token's row at a time, but its cross-attention keys and values
+        # are projected from all 1500 audio frames once per window.
+        _convert(self.model.decoder, self.precision.decoder, FEW_ROWS, ("cross_attn.key", "cross_attn.value"))
+        self.model.to(self.device)
         self.alignment_heads = weights.alignment_heads or default_alignment_heads(
             weights.dims.n_text_layer, weights.dims.n_text_head
         )
 
+    @property
+    def compute_type(self) -> str:
+        """The compute type this engine runs: `auto` resolved for this device."""
+        return self.precision.name
+
+    def _projection(self) -> Callable[[Tensor], Tensor]:
+        """The final norm and the per-token vocabulary projection over the tied embedding."""
+        decoder = self.model.decoder
+        embedding = decoder.token_embedding
+        if self.precision.decoder == "int8":
+            return Projection(decoder.ln, Int8Linear(embedding.weight, None, kernel_library(FEW_ROWS)))
+        # Store the tied embedding column-major: the per-token vocabulary projection then reads
+        # contiguous memory (twice as fast on CPU), and token lookups barely notice. On a
+        # multi-core CPU the columns are padded to a whole number of blocks (BlockedProjection).
+        n_vocab, n_state = embedding.weight.shape
+        dtype = self.decoder_dtype
+        threads = torch.get_num_threads() if self.device.type == "cpu" and dtype == torch.float32 else 1
+        storage = torch.zeros(n_state, -(-n_vocab // threads) * threads, dtype=dtype, device=self.device)
+        storage[:, :n_vocab] = embedding.weight.detach().T
+        embedding.weight = nn.Parameter(storage[:, :n_vocab].T, requires_grad=False)
+        if threads > 1:
+            return BlockedProjection(self.model, storage, threads)
+        return Projection(decoder.ln, storage[:, :n_vocab])
+
     @torch.inference_mode()
     def encode(self, mel: np.ndarray) -> list[KV]:
-        x = torch.from_numpy(np.ascontiguousarray(mel)).to(self.device, self.dtype)[None]
-        return self.model.decoder.cross_kv(self.model.encoder(x))
+        x = torch.from_numpy(np.ascontiguousarray(mel)).to(self.device, self.encoder_dtype)[None]
+        return self.model.decoder.cross_kv(self.model.encoder(x).to(self.decoder_dtype))
 
     def decoder(self, features: list[KV], batch_size: int = 1) -> TorchSession:
         # The cross-attention keys/values stay batch 1 for any batch: attention shares them.
@@ -148,8 +209,8 @@ class TorchEngine:
             # A window's matrix products already fill every core; a batch would only hold
             # several windows' attention matrices (~0.4 GB each for 8 windows of tiny) at once.
             return [self.encode(mel) for mel in mels]
-        x = torch.from_numpy(np.stack(mels)).to(self.device, self.dtype)
-        kv = self.model.decoder.cross_kv(self.model.encoder(x))
+        x = torch.from_numpy(np.stack(mels)).to(self.device, self.encoder_dtype)
+        kv = self.model.decoder.cross_kv(self.model.encoder(x).to(self.decoder_dtype))
         return [[(k[w : w + 1], v[w : w + 1]) for k, v in kv] for w in range(len(mels))]
 
     @torch.inference_mode()

@@ -56,6 +56,14 @@ def serve_command(
         str, typer.Option(help="auto, torch, coreml (macOS) or mil (converted model, any OS).", metavar="ENGINE")
     ] = "auto",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, mps or auto (torch engine).", metavar="DEVICE")] = None,
+    compute_type: Annotated[
+        str,
+        typer.Option(
+            help="auto, float32, int8, bfloat16, int8_bfloat16 or float16 (torch engine); auto: the fastest "
+            "as accurate as float32 here.",
+            metavar="TYPE",
+        ),
+    ] = "auto",
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -90,12 +98,19 @@ def serve_command(
     ] = False,
 ) -> None:
     """Serve OpenAI's transcription API (and a job API for long files) over HTTP."""
-    from ..engines import ENGINES
+    from ..engines import COMPUTE_TYPES, ENGINES, check_compute_type
+    from ..errors import ModelError
 
     if engine not in ENGINES:
         raise _fail(f"--engine {engine}: choose one of {', '.join(ENGINES)}", 2)
     if device is not None and device not in ("auto", "cpu", "cuda", "mps"):
         raise _fail(f"--device {device}: choose one of auto, cpu, cuda, mps", 2)
+    if compute_type not in COMPUTE_TYPES:
+        raise _fail(f"--compute-type {compute_type}: choose one of {', '.join(COMPUTE_TYPES)}", 2)
+    try:
+        check_compute_type(engine, device, compute_type)
+    except ModelError as e:
+        raise _fail(str(e), 2) from None
     if not is_loopback(host) and not api_key and not insecure_no_auth:
         raise _fail(
             f"--host {host} is reachable from other machines: give --api-key KEY (or $WHISPER_COREML_API_KEY), "
@@ -125,7 +140,7 @@ def serve_command(
     from ..errors import WhisperCoreMLError
 
     try:
-        whisper = load_model(model, engine=engine, device=device)
+        whisper = load_model(model, engine=engine, device=device, compute_type=compute_type)
     except (WhisperCoreMLError, ValueError) as e:
         raise _fail(str(e), 1) from None
     config = ServerConfig(

@@ -1,0 +1,182 @@
+"""--compute-type: int8, bfloat16 and their pair on real speech with tiny.en, what each means where,
+the errors for what a machine cannot run, and the settings key that tells them apart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import SAMPLE, run
+
+import whisper_coreml as wc
+from whisper_coreml.engines import COMPUTE_TYPES, check_compute_type
+from whisper_coreml.engines import precision as precision_module
+from whisper_coreml.engines.precision import cpu_has_bfloat16, resolve_precision
+from whisper_coreml.engines.quantize import Int8Linear
+from whisper_coreml.errors import ModelError
+from whisper_coreml.model import LayerNorm
+from whisper_coreml.settings import Choices, build_settings
+
+CLIPS = (
+    "en/arctic_a0010.wav",
+    "en/arctic_a0024.wav",
+    "en/jfk_inaugural_excerpt.flac",
+    "en/ljspeech_LJ001-0001.wav",
+)
+QUANTIZED = ("int8", "bfloat16", "int8_bfloat16")
+CPU = torch.device("cpu")
+
+
+def needs_bfloat16(compute_type: str) -> None:
+    if "bfloat16" in compute_type and not cpu_has_bfloat16():
+        pytest.skip(f"{compute_type} needs a CPU with AVX512_BF16 or AMX")
+
+
+@pytest.fixture(scope="module")
+def model_in() -> Callable[[str], wc.WhisperModel]:
+    """`model_in("int8")`: tiny.en in that compute type, loaded once per module."""
+    loaded: dict[str, wc.WhisperModel] = {}
+
+    def load(compute_type: str) -> wc.WhisperModel:
+        needs_bfloat16(compute_type)
+        if compute_type not in loaded:
+            loaded[compute_type] = wc.load_model("tiny.en", engine="torch", device="cpu", compute_type=compute_type)
+        return loaded[compute_type]
+
+    return load
+
+
+@pytest.fixture(scope="module")
+def texts(model_in: Callable[[str], wc.WhisperModel], speech: Callable[[str], Path]) -> Callable[[str], list[str]]:
+    """`texts("int8")`: the texts of CLIPS, greedy, in that compute type (computed once)."""
+    done: dict[str, list[str]] = {}
+
+    def of(compute_type: str) -> list[str]:
+        if compute_type not in done:
+            done[compute_type] = [model_in(compute_type).transcribe(speech(c)).text for c in CLIPS]
+        return done[compute_type]
+
+    return of
+
+
+def wer(references: list[str], hypotheses: list[str]) -> float:
+    jiwer = pytest.importorskip("jiwer")
+    normalizers = pytest.importorskip("whisper.normalizers")
+    norm = normalizers.EnglishTextNormalizer()
+    return 100 * jiwer.wer([norm(r) for r in references], [norm(h) for h in hypotheses])
+
+
+@pytest.mark.parametrize("compute_type", QUANTIZED)
+def test_each_type_transcribes_real_speech_as_float32_does(
+    compute_type: str, texts: Callable[[str], list[str]], speech: Callable[[str], Path]
+) -> None:
+    references = [speech(c).with_suffix(".txt").read_text(encoding="utf-8") for c in CLIPS]
+    fp32, ours = texts("float32"), texts(compute_type)
+    assert "ask not what your country can do for you" in ours[2]
+    assert sum(a == b for a, b in zip(fp32, ours, strict=True)) >= len(CLIPS) - 1, (fp32, ours)
+    assert wer(references, ours) <= wer(references, fp32) + 2.0  # a word at most, on ~70 words
+
+
+@pytest.mark.parametrize("compute_type", QUANTIZED)
+def test_beam_search_and_word_timing_run_in_each_type(
+    compute_type: str, model_in: Callable[[str], wc.WhisperModel], speech: Callable[[str], Path]
+) -> None:
+    """Beam search reorders the cache and word timing reads cross-attention: both through the converted layers."""
+    fp32 = model_in("float32").transcribe(speech(CLIPS[0]), beam_size=5, word_timestamps=True)
+    ours = model_in(compute_type).transcribe(speech(CLIPS[0]), beam_size=5, word_timestamps=True)
+    assert ours.text == fp32.text
+    words = [w for s in ours.segments for w in s.words]
+    reference = [w for s in fp32.segments for w in s.words]
+    assert [w.word for w in words] == [w.word for w in reference]
+    assert max(abs(a.start - b.start) + abs(a.end - b.end) for a, b in zip(words, reference, strict=True)) <= 0.2
+
+
+@pytest.mark.parametrize("compute_type", QUANTIZED)
+def test_layers_are_in_the_formats_the_type_names(
+    compute_type: str, model_in: Callable[[str], wc.WhisperModel]
+) -> None:
+    engine = model_in(compute_type).engine
+    formats = {"encoder": engine.precision.encoder, "decoder": engine.precision.decoder}
+    assert engine.compute_type == compute_type
+    expected = {"int8": ("int8", "int8"), "bfloat16": ("bfloat16", "float32"), "int8_bfloat16": ("bfloat16", "int8")}
+    assert (formats["encoder"], formats["decoder"]) == expected[compute_type]  # bfloat16 only where it pays
+    for half, fmt in formats.items():
+        module = getattr(engine.model, half)
+        linears = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
+        if fmt == "int8":
+            assert all(isinstance(m, Int8Linear) for m in linears)
+        else:
+            assert all(m.weight.dtype == getattr(torch, fmt) for m in linears)
+        norms = [p for m in module.modules() if isinstance(m, LayerNorm) for p in m.parameters()]
+        assert norms and all(p.dtype == torch.float32 for p in norms)
+
+
+def test_what_auto_and_the_default_mean_where() -> None:
+    auto = resolve_precision("auto", CPU).name
+    assert auto == ("int8_bfloat16" if cpu_has_bfloat16() else "int8")
+    assert resolve_precision(None, CPU).name == "float32"  # openai-whisper's, the Python API's default
+    for gpu in ("cuda", "mps"):
+        assert resolve_precision("auto", torch.device(gpu)).name == "float16"
+        assert resolve_precision(None, torch.device(gpu)).name == "float16"
+
+
+def test_what_a_machine_cannot_run_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = {
+        ("float16", CPU): "not offered on the CPU",
+        ("int8", torch.device("cuda")): "int8 kernels run on the CPU only",
+        ("int8_bfloat16", torch.device("mps")): "int8 kernels run on the CPU only",
+        ("bfloat16", torch.device("mps")): "not supported on this mps device",
+        ("int4", CPU): "choose one of auto, float32, int8",
+    }
+    for (compute_type, device), problem in cases.items():
+        with pytest.raises(ModelError, match=problem) as error:
+            resolve_precision(compute_type, device)
+        assert str(error.value).startswith(f"--compute-type {compute_type}: ") and "\n" not in str(error.value)
+    monkeypatch.setattr(precision_module, "cpu_has_bfloat16", lambda: False)
+    for compute_type in ("bfloat16", "int8_bfloat16"):
+        with pytest.raises(ModelError, match="no native bfloat16 arithmetic"):
+            resolve_precision(compute_type, CPU)
+    assert resolve_precision("auto", CPU).name == "int8"
+    with pytest.raises(ModelError, match="the mil engine runs a converted bundle"):
+        check_compute_type("mil", None, "int8")
+    check_compute_type("mil", None, "auto")  # a bundle runs as converted: auto asks for nothing else
+    with pytest.raises(ModelError, match="the coreml engine"):
+        wc.load_model("tiny.en", engine="coreml", compute_type="float32")
+
+
+def test_the_compute_type_is_part_of_the_transcription_key() -> None:
+    keys = {t: build_settings("tiny.en", Choices(compute_type=t)) for t in COMPUTE_TYPES}
+    assert len({s.transcription_key() for s in keys.values()}) == len(COMPUTE_TYPES)
+    assert len({s.output_key("srt") for s in keys.values()}) == len(COMPUTE_TYPES)
+    assert build_settings("tiny.en", Choices()).compute_type == "auto"
+    with pytest.raises(ValueError, match=r"^--compute-type int4: choose one of auto, "):
+        build_settings("tiny.en", Choices(compute_type="int4"))
+    with pytest.raises(ValueError, match=r"^compute_type int4: "):  # as a form spells it
+        build_settings("tiny.en", Choices(compute_type="int4"), option=lambda field: field)
+
+
+def test_cli_flag_end_to_end(tmp_path: Path) -> None:
+    """int8 transcribes; the same run again is up to date; another compute type transcribes again."""
+    args = ("--format", "json", "--output-dir", tmp_path)
+    first = run(SAMPLE, *args, "--compute-type", "int8")
+    assert first.returncode == 0, first.stderr
+    assert "welcome" in json.loads((tmp_path / "espeak_welcome.json").read_text())["text"].lower()
+    again = run(SAMPLE, *args, "--compute-type", "int8")
+    assert again.returncode == 0 and "up to date" in again.stderr, again.stderr
+    other = run(SAMPLE, *args, "--compute-type", "float32")
+    assert other.returncode == 0 and "up to date" not in other.stderr and "s of audio in" in other.stderr
+
+
+def test_cli_usage_errors(tmp_path: Path) -> None:
+    for args, problem in (
+        (("--compute-type", "int4"), "--compute-type int4: choose one of auto, float32, int8, bfloat16"),
+        (("--compute-type", "float16", "--device", "cpu"), "--compute-type float16: not offered on the CPU"),
+        (("--compute-type", "int8", "--engine", "mil"), "--compute-type int8: the mil engine runs a converted"),
+    ):
+        result = run(SAMPLE, *args, "--output-dir", tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("error: " + problem) and result.stderr.count("\n") == 1, result.stderr
+    assert not list(tmp_path.iterdir())

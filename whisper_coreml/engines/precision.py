@@ -1,0 +1,85 @@
+"""What `--compute-type` means on each device: the number format of the encoder and of the decoder.
+
+The two halves of Whisper gain from different formats. The encoder pushes 1500 frames through
+every layer at once: compute-bound, so faster arithmetic pays (bfloat16 on AMX: 0.4x float32's
+time on tiny.en here). The decoder runs one token at a time: memory-bound, so smaller weights pay
+(int8: 0.5-0.7x per step), while bfloat16's one-row products are slower than float32's on the CPU.
+`auto` takes the fastest pair whose word error rate stayed within 0.3 points of float32's on
+the benchmark sets (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ModelError
+from . import COMPUTE_TYPES
+from .quantize import cpu_has, int8_available
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A compute type: its name and the format of each half (float32, bfloat16, float16 or int8)."""
+
+    name: str
+    encoder: str
+    decoder: str
+
+
+PRECISIONS = {
+    "float32": Precision("float32", "float32", "float32"),
+    "int8": Precision("int8", "int8", "int8"),  # int8 linear layers, float32 around them
+    "bfloat16": Precision("bfloat16", "bfloat16", "bfloat16"),
+    "int8_bfloat16": Precision("int8_bfloat16", "bfloat16", "int8"),  # each half in its fastest format here
+    "float16": Precision("float16", "float16", "float16"),
+}
+# bfloat16 where it pays on the CPU: in the encoder. A bfloat16 decoder took 1.3x float32's time
+# on the long set (one-row products), and oneDNN's cached weight layouts for every prompt
+# length grew the process to 920 MB.
+CPU_PRECISIONS = PRECISIONS | {"bfloat16": Precision("bfloat16", "bfloat16", "float32")}
+
+
+def cpu_has_bfloat16() -> bool:
+    """Native bfloat16 arithmetic: AVX512_BF16 or AMX (Intel Cooper Lake and later, AMD Zen 4 and later)."""
+    return cpu_has("avx512_bf16") or cpu_has("amx_tile")
+
+
+def resolve_precision(compute_type: str | None, device: torch.device) -> Precision:
+    """The formats `compute_type` runs in on `device`; a combination this machine cannot run is a ModelError.
+
+    None is openai-whisper's choice: float32 on the CPU, float16 on GPUs. `auto` on the CPU is
+    int8_bfloat16 where the CPU computes bfloat16 natively, else int8 (float32 on a PyTorch
+    without int8 kernels); float16 on GPUs.
+    """
+    name = compute_type or ("float32" if device.type == "cpu" else "float16")
+    if name not in COMPUTE_TYPES:
+        raise ModelError(f"--compute-type {name}: choose one of {', '.join(COMPUTE_TYPES)}")
+    if device.type == "cpu":
+        if name == "auto":
+            name = "int8" if int8_available() else "float32"
+            name = "int8_bfloat16" if name == "int8" and cpu_has_bfloat16() else name
+        if name == "float16":
+            raise ModelError(
+                "--compute-type float16: not offered on the CPU (no faster than float32 there, and less accurate); "
+                "choose int8, bfloat16 or float32"
+            )
+        if "bfloat16" in name and not cpu_has_bfloat16():
+            raise ModelError(
+                f"--compute-type {name}: this CPU has no native bfloat16 arithmetic (AVX512_BF16 or AMX); "
+                "choose int8 or float32"
+            )
+        if "int8" in name and not int8_available():
+            raise ModelError(f"--compute-type {name}: this PyTorch has no int8 kernels for this CPU; choose float32")
+        return CPU_PRECISIONS[name]
+    if name == "auto":
+        name = "float16"
+    if "int8" in name:
+        raise ModelError(
+            f"--compute-type {name}: PyTorch's int8 kernels run on the CPU only; "
+            f"choose float16 on {device.type}, or --device cpu"
+        )
+    if name == "bfloat16" and not (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        raise ModelError(f"--compute-type bfloat16: not supported on this {device.type} device; choose float16")
+    return PRECISIONS[name]
