@@ -80,7 +80,7 @@ class Settings:
     input as the FCPXML's clip `with_media`), so the keys need no probing of the input.
     `compute_type` is part of the transcription: int8 or bfloat16 arithmetic can change words.
     It is the choice as given (`auto` stays `auto`, like the device), so that deciding whether
-    a file is up to date never needs the model, or torch, loaded.
+    a file is up to date never needs the model loaded.
     """
 
     model: str

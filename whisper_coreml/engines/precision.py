@@ -4,8 +4,10 @@ The two halves of Whisper gain from different formats. The encoder pushes 1500 f
 every layer at once: compute-bound, so faster arithmetic pays (bfloat16 on AMX: 0.4x float32's
 time on tiny.en here). The decoder runs one token at a time: memory-bound, so smaller weights pay
 (int8: 0.5-0.7x per step), while bfloat16's one-row products are slower than float32's on the CPU.
-`auto` takes the fastest pair whose word error rate stayed within 0.3 points of float32's on
-the benchmark sets (benchmarks/README.md).
+
+`auto` is the fastest type whose word error rate stayed within 0.3 points of float32's on the
+benchmark sets (benchmarks/README.md): int8 on the CPU. int8_bfloat16 was faster still, but a
+repetition loop on one long file (base, greedy) put it 5 points above float32; float16 on GPUs.
 """
 
 from __future__ import annotations
@@ -49,9 +51,8 @@ def cpu_has_bfloat16() -> bool:
 def resolve_precision(compute_type: str | None, device: torch.device) -> Precision:
     """The formats `compute_type` runs in on `device`; a combination this machine cannot run is a ModelError.
 
-    None is openai-whisper's choice: float32 on the CPU, float16 on GPUs. `auto` on the CPU is
-    int8_bfloat16 where the CPU computes bfloat16 natively, else int8 (float32 on a PyTorch
-    without int8 kernels); float16 on GPUs.
+    None is openai-whisper's choice: float32 on the CPU, float16 on GPUs. `auto` is int8 on the
+    CPU (float32 on a PyTorch without int8 kernels), float16 on GPUs (see the module doc).
     """
     name = compute_type or ("float32" if device.type == "cpu" else "float16")
     if name not in COMPUTE_TYPES:
@@ -59,7 +60,6 @@ def resolve_precision(compute_type: str | None, device: torch.device) -> Precisi
     if device.type == "cpu":
         if name == "auto":
             name = "int8" if int8_available() else "float32"
-            name = "int8_bfloat16" if name == "int8" and cpu_has_bfloat16() else name
         if name == "float16":
             raise ModelError(
                 "--compute-type float16: not offered on the CPU (no faster than float32 there, and less accurate); "
