@@ -100,7 +100,10 @@ def test_folder_batch_writes_what_sequential_writes(tmp_path: Path, speech: Call
     runs = {}
     for size in ("1", "3"):
         out = tmp_path / f"out{size}"
-        done = _run(str(folder), "--format", "json,srt", "-o", str(out), "--batch-size", size, "--quiet")
+        # float32: int8's dynamic quantization scales activations per batch, so a batched
+        # window's numbers (rarely its words) depend on its neighbours there (issue 11, open)
+        common = ("--format", "json,srt", "--compute-type", "float32", "--quiet")
+        done = _run(str(folder), *common, "-o", str(out), "--batch-size", size)
         assert done.returncode == 1, done.stderr
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "broken.wav" in errors[0], done.stderr
