@@ -132,7 +132,9 @@ def test_only_catalog_models_convert(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 def test_torch_opts_out_on_a_mac(models: Path, monkeypatch: pytest.MonkeyPatch, converter: Converter) -> None:
     # torch's own lazy imports would believe the pretence: the engine itself is a stand-in
-    monkeypatch.setattr(api, "create_torch_engine", lambda weights, device=None: SimpleNamespace(name="torch"))
+    monkeypatch.setattr(
+        api, "create_torch_engine", lambda weights, device=None, compute_type=None: SimpleNamespace(name="torch")
+    )
     pretend_mac(monkeypatch)
     lines: list[str] = []
     model = api.load_model("tiny.en", engine="torch", device="cpu", progress=lines.append)

@@ -67,8 +67,10 @@ def model() -> SileroVad:
 
 
 def faster_options(faster_vad: Any, options: VadOptions) -> Any:
-    """faster-whisper's VadOptions with our fields of the same names (bridge_gap_s is ours alone)."""
-    return faster_vad.VadOptions(**{k: v for k, v in vars(options).items() if k != "bridge_gap_s"})
+    """faster-whisper's VadOptions with our fields of the same names (bridge_gap_s and max_stretch_s are ours alone)."""
+    return faster_vad.VadOptions(
+        **{k: v for k, v in vars(options).items() if k not in {"bridge_gap_s", "max_stretch_s"}}
+    )
 
 
 def fw_timestamps(faster_vad: Any, samples: np.ndarray, options: VadOptions, network: Any) -> list[tuple[int, int]]:

@@ -276,6 +276,6 @@ def _torch_window(reference: Any, mel: np.ndarray) -> tuple[np.ndarray, Any]:
     import torch
 
     with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(mel)).to(reference.device, reference.dtype)[None]
+        x = torch.from_numpy(np.ascontiguousarray(mel)).to(reference.device, reference.encoder_dtype)[None]
         features = reference.model.encoder(x)
         return features.float().cpu().numpy(), reference.model.decoder.cross_kv(features)
