@@ -5,14 +5,15 @@
   `timestamp_granularities[]`), so the official `openai` client works unchanged with
   `base_url`; plus our `fcpxml` and `itt` formats and the CLI's cue and frame-rate choices as
   extra fields (`fps`, `max_line_width`, ...). They wait for their job and answer with it.
-- `POST /v1/jobs` (the same fields, plus `task`), `GET /v1/jobs`, `GET /v1/jobs/{id}`
+- `POST /v1/jobs` (the same fields, plus `task` and `keep_media`), `GET /v1/jobs`, `GET /v1/jobs/{id}`
   (status and progress), `GET /v1/jobs/{id}/result?format=srt` (any format, rendered from the
   stored transcript; cue-rule fields re-render it without model work), `DELETE
   /v1/jobs/{id}` (cancel).
 
 Both kinds go through one bounded queue and one worker (jobs.py): a full queue answers 429
 with Retry-After before reading the body; an upload over the limit 413 while it streams; a
-bad file 400 with the CLI's one-line message. Errors use OpenAI's shape, `{"error":
+bad file 400 with the CLI's one-line message. The studio page and its endpoints (cues, edits,
+export, media, events) are in studio.py. Errors use OpenAI's shape, `{"error":
 {"message": ..., "type": ...}}`, so the client raises them with our message.
 """
 
@@ -38,6 +39,7 @@ from ..errors import AudioError
 from ..settings import Choices, build_settings
 from .jobs import FINISHED, Job, JobRequest, JobStore, Worker, form_field
 from .render import CLI_FORMAT, GRANULARITIES, RESPONSE_FORMATS, render, write_options
+from .studio import add_studio
 from .uploads import Upload, UploadError, check_media, receive_upload
 
 if TYPE_CHECKING:
@@ -156,7 +158,7 @@ def _one(form: Mapping[str, list[str]], name: str) -> str | None:
 
 def parse_request(form: Mapping[str, list[str]], task: str | None, served: str) -> JobRequest:
     """A form's fields as a JobRequest (`task` None: the form says, as on /v1/jobs)."""
-    known = OPENAI_FIELDS | set(CHOICE_FIELDS) | ({"task"} if task is None else set())
+    known = OPENAI_FIELDS | set(CHOICE_FIELDS) | ({"task", "keep_media"} if task is None else set())
     for name in form:
         if name.removesuffix("[]") not in known:
             raise ApiError(400, f"unknown field '{name}'; known: {', '.join(sorted(known - {'file'}))}")
@@ -193,7 +195,10 @@ def parse_request(form: Mapping[str, list[str]], task: str | None, served: str) 
         initial_prompt=_one(form, "prompt") or None,
         **values,
     )
-    return JobRequest(choices, response_format, tuple(dict.fromkeys(granularities)))
+    keep_media = (_one(form, "keep_media") or "false").strip().lower()
+    if keep_media not in ("true", "false", "1", "0"):
+        raise ApiError(400, f"keep_media {keep_media!r}: expected true or false")
+    return JobRequest(choices, response_format, tuple(dict.fromkeys(granularities)), keep_media in ("true", "1"))
 
 
 class Service:
@@ -392,4 +397,5 @@ def create_app(config: ServerConfig, model: WhisperModel) -> FastAPI:
             raise ApiError(409, f"job {job_id} is already {state}")
         return find(job_id).status() | {"cancel_requested": state == "running"}
 
+    add_studio(app, service, authorized, find)
     return app

@@ -5,11 +5,12 @@ our own in `<data>/uploads`. The row is committed only after the upload is on di
 and checked, so an accepted job always has its audio; its result, the TranscriptionResult as
 JSON, is committed in the same transaction that marks it done, and only then are the upload
 and the window journal deleted, so a finished result is never lost and is never computed
-twice. One worker thread runs jobs in the order they were accepted; every finished 30-s
-window is journaled (`<data>/journals/<id>.journal`, journal.FileJournal), so a job killed in
-the middle of a long file resumes at its last window when the server starts again, and its
-result equals an uninterrupted run's. Every step is also an `events` row (accepted, started,
-resumed, done, ...), which is how the tests count that nothing ran twice.
+twice (a job submitted with `keep_media`, as the studio page does, keeps its upload as
+`<data>/media/<id>` for the page's player instead). One worker thread runs jobs in the order
+they were accepted; every finished 30-s window is journaled (`<data>/journals/<id>.journal`,
+journal.FileJournal), so a job killed in the middle of a long file resumes at its last window
+when the server starts again, and its result equals an uninterrupted run's. Every step is
+also an `events` row (accepted, started, resumed, done, ...), which is how the tests count that nothing ran twice.
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_status INTEGER
 );
 CREATE TABLE IF NOT EXISTS events (job TEXT NOT NULL, at REAL NOT NULL, event TEXT NOT NULL, detail TEXT);
+-- cues edited in the studio page, one row per job: its own table, so stores from before it need no migration
+CREATE TABLE IF NOT EXISTS edits (
+    job TEXT PRIMARY KEY,
+    cues TEXT NOT NULL,             -- JSON: [{"start": s, "end": s, "text": "line\\nline"}, ...]
+    revision INTEGER NOT NULL,      -- 1, 2, ...: a save based on an older revision is refused
+    saved REAL NOT NULL
+);
 """
 
 
@@ -84,6 +92,7 @@ class JobRequest:
     choices: Choices
     response_format: str = "json"
     granularities: tuple[str, ...] = ()
+    keep_media: bool = False  # keep the upload once done, for the studio's player (media/<id>)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -92,7 +101,7 @@ class JobRequest:
     def from_json(cls, text: str) -> JobRequest:
         data = json.loads(text)
         choices = Choices(**{**data["choices"], "formats": tuple(data["choices"]["formats"])})
-        return cls(choices, data["response_format"], tuple(data["granularities"]))
+        return cls(choices, data["response_format"], tuple(data["granularities"]), data.get("keep_media", False))
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,7 @@ class Job:
             "resumed_at": self.resumed_at,
             "notes": list(self.notes),
             "error": self.error,
+            "keep_media": self.request.keep_media,
         }
 
 
@@ -165,7 +175,8 @@ def footage_from_json(text: str) -> dict[str, Any]:
 
 
 class JobStore:
-    """Jobs in `<data_dir>/jobs.sqlite3`, uploads in `uploads/`, window journals in `journals/`.
+    """Jobs in `<data_dir>/jobs.sqlite3`, uploads in `uploads/`, window journals in `journals/`,
+    the media a finished `keep_media` job keeps in `media/<id>`.
 
     Thread-safe: one connection behind a lock (every statement is short)."""
 
@@ -173,7 +184,8 @@ class JobStore:
         self.data_dir = data_dir
         self.uploads = data_dir / "uploads"
         self.journals = data_dir / "journals"
-        for folder in (self.uploads, self.journals):
+        self.media = data_dir / "media"
+        for folder in (self.uploads, self.journals, self.media):
             folder.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(data_dir / "jobs.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -212,11 +224,15 @@ class JobStore:
             db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
             owned = {r["upload"] for r in db.execute("SELECT upload FROM jobs WHERE state = 'queued'")}
             ids = {r["id"] for r in db.execute("SELECT id FROM jobs WHERE state = 'queued'")}
+            done = {r["id"] for r in db.execute("SELECT id FROM jobs WHERE state = 'done'")}
         for path in self.uploads.iterdir():
             if path.name not in owned:  # a half-received upload, or one whose job finished
                 path.unlink(missing_ok=True)
         for path in self.journals.iterdir():
             if path.stem not in ids:
+                path.unlink(missing_ok=True)
+        for path in self.media.iterdir():
+            if path.name not in done:  # half-moved before a crash, or its job is gone
                 path.unlink(missing_ok=True)
         if ids:
             self.wakeup.set()
@@ -305,14 +321,27 @@ class JobStore:
             db.execute("UPDATE jobs SET resumed_at = ? WHERE id = ?", (at, job_id))
             self._event(db, job_id, "resumed", f"{at:.1f}")
 
-    def finish(self, job_id: str, result: TranscriptionResult, footage: str | None, notes: tuple[str, ...]) -> None:
-        """Keep the result and mark the job done in one transaction, then drop its files."""
+    def finish(
+        self,
+        job_id: str,
+        result: TranscriptionResult,
+        footage: str | None,
+        notes: tuple[str, ...],
+        keep_media: bool = False,
+    ) -> None:
+        """Keep the result and mark the job done in one transaction, then drop its files (the
+        upload becomes `media_path` instead with `keep_media`)."""
         with self._tx() as db:
             db.execute(
                 "UPDATE jobs SET result = ?, footage = ?, notes = ?, done = duration WHERE id = ?",
                 (json.dumps(result_to_dict(result), ensure_ascii=False), footage, json.dumps(notes), job_id),
             )
             upload = self._close(db, job_id, "done")
+        if upload is not None and keep_media:
+            # after the commit, as every file step here: a crash in between loses the media
+            # (recover sweeps the upload, the page says it is gone), never the result
+            (self.uploads / upload).replace(self.media_path(job_id))
+            upload = None
         self._finish_files(job_id, upload)
 
     def fail(self, job_id: str, error: str, status: int) -> None:
@@ -378,6 +407,36 @@ class JobStore:
     def upload_path(self, job: Job) -> Path:
         assert job.upload is not None, "an unfinished job owns its upload"
         return self.uploads / job.upload
+
+    def media_path(self, job_id: str) -> Path:
+        """Where a done `keep_media` job's upload is kept (absent when it was not kept)."""
+        return self.media / job_id
+
+    def edits(self, job_id: str) -> tuple[list[dict[str, Any]], int] | None:
+        """The job's saved cues and their revision, or None when it has none."""
+        with self._lock:
+            row = self._db.execute("SELECT cues, revision FROM edits WHERE job = ?", (job_id,)).fetchone()
+        return None if row is None else (json.loads(row["cues"]), row["revision"])
+
+    def save_edits(self, job_id: str, cues: list[dict[str, Any]], based_on: int) -> int | None:
+        """Store `cues` as the job's edit if `based_on` is its current revision (0: none saved
+        yet); the new revision, or None when another save came first."""
+        with self._tx() as db:
+            row = db.execute("SELECT revision FROM edits WHERE job = ?", (job_id,)).fetchone()
+            if (row["revision"] if row else 0) != based_on:
+                return None
+            db.execute(
+                "INSERT OR REPLACE INTO edits VALUES (?, ?, ?, ?)",
+                (job_id, json.dumps(cues, ensure_ascii=False), based_on + 1, time.time()),
+            )
+            self._event(db, job_id, "edited", str(based_on + 1))
+        return based_on + 1
+
+    def drop_edits(self, job_id: str) -> None:
+        """Forget the job's edit: its cues are the built ones again."""
+        with self._tx() as db:
+            if db.execute("DELETE FROM edits WHERE job = ?", (job_id,)).rowcount:
+                self._event(db, job_id, "edits dropped")
 
     def journal_path(self, job_id: str) -> Path:
         return self.journals / f"{job_id}.journal"
@@ -474,7 +533,8 @@ class Worker:
                 self.store.resumed(job.id, journal.resumed_at)
             result = replace(result, source=job.filename)
             notes = tuple(w.replace(str(upload), job.filename) for w in warnings)
-            self.store.finish(job.id, result, footage, notes + (() if result.text.strip() else ("no speech found",)))
+            notes += () if result.text.strip() else ("no speech found",)
+            self.store.finish(job.id, result, footage, notes, job.request.keep_media)
             if job.duration > 0:
                 self.seconds_per_second = (time.monotonic() - started) / job.duration
         except _Stop as stop:
