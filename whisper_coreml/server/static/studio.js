@@ -288,6 +288,11 @@ function renderJobs() {
     if (job.status === "running") meta.push(span(`${duration(p.seconds_done)} / ${duration(p.seconds_total)}`));
     else meta.push(span(duration(p.seconds_total)));
     if (job.task === "translate") meta.push(span("→ English"));
+    if (job.status === "done" && job.finished_at > job.started_at) {
+      const speed = p.seconds_total / (job.finished_at - job.started_at);
+      const at = new Date(job.finished_at * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+      meta.push(span(`finished ${at} · ${speed >= 10 ? Math.round(speed) : speed.toFixed(1)}× real time`));
+    }
     if (job.error) meta.push(span(job.error, "err"));
     else if (job.notes?.length) meta.push(span(job.notes.join("; ")));
     const actions = [];
@@ -648,14 +653,14 @@ function renderCues() {
     const tools = document.createElement("span");
     tools.className = "cue-tools";
     tools.append(
-      button("[", "", () => setAtPlayhead(k, "start"), "Set the in point at the playhead"),
-      button("]", "", () => setAtPlayhead(k, "end"), "Set the out point at the playhead"),
+      button("In ⇤", "", () => setAtPlayhead(k, "start"), "Set the in point at the playhead"),
+      button("⇥ Out", "", () => setAtPlayhead(k, "end"), "Set the out point at the playhead"),
       button("Split", "split", () => split(k), "Split at the cursor (or the middle)"),
       button("Merge ↓", "merge", () => merge(k), "Merge with the next cue"),
       button("✕", "delete", () => remove(k), "Delete this cue"),
     );
     if (k + 1 >= ed.cues.length) tools.querySelector(".merge").disabled = true;
-    times.append(timecodeInput(k, "start"), span("→", "arrow"), timecodeInput(k, "end"), span("", "dur"), tools);
+    times.append(timecodeInput(k, "start"), span("→", "arrow"), timecodeInput(k, "end"), span("", "dur"));
     const text = document.createElement("textarea");
     text.value = cue.text;
     text.rows = Math.max(2, cue.text.split("\n").length);
@@ -675,7 +680,10 @@ function renderCues() {
     text.addEventListener("click", caret);
     const checks = document.createElement("div");
     checks.className = "breaches";
-    li.append(num, times, text, checks);
+    const foot = document.createElement("div");
+    foot.className = "cue-foot";
+    foot.append(checks, tools);
+    li.append(num, times, text, foot);
     li.addEventListener("click", (e) => {
       if (e.target.closest("button, input, textarea")) return;
       seek(toSeconds(cue.start, ed.fd));
