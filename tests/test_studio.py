@@ -22,6 +22,8 @@ import pytest
 from test_fcpxml import check_timing
 from test_server import ROOT, Server, multipart
 
+from whisper_coreml.server.studio import rules_dict
+from whisper_coreml.subtitles import Cue, CueRules, check_cues
 from whisper_coreml.timecode import FRAME_RATES
 
 etree = pytest.importorskip("lxml.etree")
@@ -286,8 +288,33 @@ def test_upload_follow_edit_and_export_in_the_browser(
     spans = validate_fcpxml(files[".fcpxml"], shared, "1.8", "25")
     assert spans[0] == (0, Fraction(29, 25)) and "And so, my friends," in files[".fcpxml"]
 
+    # the page's inline checks find what subtitles.check_cues finds (at 25 fps, in frames)
+    crafted = [(0, 10, "Short"), (11, 100, "A line far too long for any subtitle line to hold"), (101, 300, "x\ny\nz")]
+    crafted += [(310, 330, "Fast talker says many words in very little time"), (331, 340, "Done.")]
+    rules = CueRules()
+    cues = [Cue(a / 25, z / 25, tuple(text.split("\n"))) for a, z, text in crafted]
+    expected = {(v.index, v.rule) for v in check_cues(cues, rules) if v.rule != "one_word"}
+    found = page.evaluate(
+        "([cues, rules]) => cues.flatMap((c, k) => breaches(cues, k, rules).map((b) => [k, b.rule]))",
+        [[{"start": a, "end": z, "text": text} for a, z, text in crafted], rules_dict(rules)],
+    )
+    assert {tuple(f) for f in found} == expected and len(expected) >= 5
+
     page.reload()  # saved on the server with the job
     page.wait_for_selector(".cue")
     assert page.locator(".cue").nth(0).locator("textarea").input_value() == "And so, my friends,"
     assert problems == []
     context.close()
+
+
+def test_edits_and_media_survive_a_restart(server: Server, job: dict) -> None:
+    path = f"/v1/jobs/{job['id']}/cues"
+    state = json.loads(call(server, "GET", path)[2])
+    cues = [{**state["cues"][0], "text": "Kept across a restart"}, *state["cues"][1:]]
+    saved = json.loads(call(server, "PUT", path, {"revision": state["revision"], "cues": cues})[2])
+    log = server.stop()
+    assert "Traceback" not in log, log
+    server.start()
+    after = json.loads(call(server, "GET", path)[2])
+    assert (after["revision"], after["cues"]) == (saved["revision"], saved["cues"])
+    assert server.request("GET", after["media"], headers={"Range": "bytes=0-9"})[0] == 206
