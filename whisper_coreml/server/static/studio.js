@@ -478,6 +478,7 @@ async function openEditor(id) {
   $("editor-title").textContent = state.filename;
   $("crumbs").textContent = "";
   const player = $("player");
+  $("no-media").textContent = "The media is not kept on the server for this job.";
   $("no-media").hidden = !!state.media;
   $("audio-only").hidden = !state.media || state.video;
   if (state.media) player.src = state.media; else player.removeAttribute("src");
@@ -813,6 +814,12 @@ function setupEditor() {
   player.addEventListener("play", () => { $("play").textContent = "❚❚"; requestAnimationFrame(tick); });
   player.addEventListener("pause", () => { $("play").textContent = "▶"; follow(false); });
   player.addEventListener("seeked", () => follow(false));
+  player.addEventListener("error", () => { // e.g. ProRes: browsers do not decode it; the cues stay editable
+    if (!player.getAttribute("src")) return;
+    $("no-media").textContent = "This browser cannot play this file (its codec, e.g. ProRes). The cues can still be edited.";
+    $("no-media").hidden = false;
+    $("audio-only").hidden = true;
+  });
   player.addEventListener("timeupdate", () => follow(false));
   $("play").addEventListener("click", () => (player.paused ? player.play() : player.pause()));
   const step = (n) => { player.pause(); seek(toSeconds(toFrames(player.currentTime, ed.fd) + n, ed.fd)); };
