@@ -2,8 +2,9 @@
 API key on a loopback port, driven in headless Chromium (Playwright, Debian's /usr/bin/chromium)
 from upload to exported FCPXML, and its cue, edit, media and event endpoints over plain HTTP.
 
-The browser test saves the README's two screenshots, docs/studio-upload.png and
-docs/studio-editor.png. It skips, saying why, where Chromium or Playwright is missing.
+The browser test takes the README's two screenshots, studio-upload.png and studio-editor.png:
+into its temporary folder, or into docs/ with WHISPER_COREML_SCREENSHOTS=docs (so a test run
+leaves the checkout clean). It skips, saying why, where Chromium or Playwright is missing.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-DOCS = ROOT / "docs"
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +216,7 @@ def test_upload_follow_edit_and_export_in_the_browser(
 ) -> None:
     context = browser.new_context(viewport={"width": 1360, "height": 820}, accept_downloads=True)
     page = context.new_page()
+    shots = ROOT / "docs" if os.environ.get("WHISPER_COREML_SCREENSHOTS") == "docs" else tmp_path
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.set_default_timeout(60_000)
@@ -234,7 +235,7 @@ def test_upload_follow_edit_and_export_in_the_browser(
     page.wait_for_function(f"() => document.querySelectorAll('.job.done').length >= {done + 2}", timeout=240_000)
     jfk = page.locator(".job", has_text="jfk_inaugural_excerpt.flac").first
     assert jfk.locator(".state").inner_text().lower() == "done"
-    page.screenshot(path=str(DOCS / "studio-upload.png"), clip={"x": 0, "y": 0, "width": 1360, "height": 560})
+    page.screenshot(path=str(shots / "studio-upload.png"), clip={"x": 0, "y": 0, "width": 1360, "height": 560})
 
     page.reload()  # the queue is the server's: a reload shows it again, the key remembered
     page.wait_for_function(f"() => document.querySelectorAll('.job.done').length >= {done + 2}")
@@ -266,7 +267,7 @@ def test_upload_follow_edit_and_export_in_the_browser(
     assert page.locator(".cue").nth(1).get_attribute("class").split().count("now") == 1
     assert page.evaluate("() => document.querySelector('#player').currentTime") == pytest.approx(1.36, abs=0.05)
     assert page.locator("#caption").inner_text().startswith("my fellow Americans")
-    page.screenshot(path=str(DOCS / "studio-editor.png"))
+    page.screenshot(path=str(shots / "studio-editor.png"))
 
     # export SRT and FCPXML 1.8 at 25 fps, through the page's own download links
     for chip in page.locator("#export-formats input").all():
