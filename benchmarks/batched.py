@@ -1,7 +1,8 @@
 """Batched decoding (issue 11): our batches against our own sequential runs and faster-whisper's
 `BatchedInferencePipeline`, on the same weights, in one run.
 
-    python benchmarks/batched.py [--model tiny.en] [--batch-size 8] [--threads 2] [--json out.json]
+    python benchmarks/batched.py [--model tiny.en] [--batch-size 8] [--compute-type int8] [--threads 2]
+                                 [--parts folder,long] [--json out.json]
 
 Two measurements, each system in a fresh process of its own, one after another:
 
@@ -11,7 +12,10 @@ Two measurements, each system in a fresh process of its own, one after another:
 - long files: the long-form recordings of `longform.py` (built if missing) and
   `<shared>/speech/long`, ours sequential (beam 5 + VAD, word timing), ours with `batch_size=N`
   (stretches side by side), and faster-whisper's `BatchedInferencePipeline` (batch N, beam 5,
-  its default VAD chunks); WER against the references and wall time.
+  word timestamps as ours, its default VAD chunks); WER against the references and wall time.
+
+Both sides run in `--compute-type` (ours: --compute-type, CTranslate2: compute_type); int8 is
+the CLI's default on a CPU.
 
 Times are the transcription calls only (model loaded and warmed up first); `cpu s` is the
 process's own CPU time over them, steadier than wall time on a busy machine.
@@ -42,11 +46,11 @@ def child(spec: dict) -> dict:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         directory, _ = bench.faster_model_dir(spec["model"])
-        model = BatchedInferencePipeline(WhisperModel(directory, device="cpu", compute_type="float32",
+        model = BatchedInferencePipeline(WhisperModel(directory, device="cpu", compute_type=spec["compute_type"],
                                                       cpu_threads=spec["threads"]))  # fmt: skip
 
         def run(path: str) -> str:
-            segments, _ = model.transcribe(path, batch_size=size, beam_size=5)
+            segments, _ = model.transcribe(path, batch_size=size, beam_size=5, word_timestamps=True)
             return " ".join(s.text.strip() for s in segments)
 
         runs = lambda paths: [run(p) for p in paths]  # noqa: E731
@@ -56,7 +60,7 @@ def child(spec: dict) -> dict:
         import whisper_coreml as wc
 
         torch.set_num_threads(spec["threads"])
-        model = wc.load_model(spec["model"], engine="torch")
+        model = wc.load_model(spec["model"], engine="torch", compute_type=spec["compute_type"])
         if system == "ours-folder-batch":
             runs = lambda paths: [r.text for r in model.transcribe_batch(paths, batch_size=size, **OPTIONS)]  # noqa: E731
         else:
@@ -70,7 +74,8 @@ def child(spec: dict) -> dict:
 
 def measure(system: str, files: list[Path], args: argparse.Namespace, warmup: Path) -> dict:
     spec = {"files": [str(f) for f in files], "system": system, "batch_size": args.batch_size,
-            "model": args.model, "threads": args.threads, "warmup": str(warmup)}  # fmt: skip
+            "model": args.model, "threads": args.threads, "warmup": str(warmup),
+            "compute_type": args.compute_type}  # fmt: skip
     env = {**longform.child_env(args.threads)}
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
                           env=env, check=False)  # fmt: skip
@@ -83,7 +88,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--compute-type", default="int8", help="both sides: float32 or int8")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parts", default="folder,long", help="folder, long or both")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -98,18 +105,32 @@ def main() -> int:
     en = bench.list_set(shared / "en")
     warmup = min(en, key=lambda p: p.stat().st_size)
     results: dict = {}
+    parts = set(args.parts.split(","))
+    if "folder" in parts:
+        results["folder"] = measure_folder(en, args, warmup, shared)
+    if "long" in parts:
+        results["long"] = measure_long(shared, args, warmup)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
 
+
+def measure_folder(en: list[Path], args: argparse.Namespace, warmup: Path, shared: Path) -> dict:
+    """Every file of en/ one at a time and as one batch: times and whether the texts are the same."""
     folder = {s: measure(s, en, args, warmup) for s in ("ours", "ours-folder-batch")}
     same = sum(a == b for a, b in zip(folder["ours"]["texts"], folder["ours-folder-batch"]["texts"], strict=True))
     refs = [p.with_suffix(".txt").read_text(encoding="utf-8") for p in en]
-    print(f"\nfolder {shared / 'en'}: {len(en)} files, batch {args.batch_size}, model {args.model}")
+    print(f"\nfolder {shared / 'en'}: {len(en)} files, batch {args.batch_size}, model {args.model} {args.compute_type}")
     for name, run in folder.items():
         wer = bench.corpus_wer(refs, run["texts"])
         print(f"  {name:18s} wall {run['wall_s']:7.1f} s  cpu {run['cpu_s']:7.1f} s  WER {wer:5.2f}%  "
               f"t/sequential {run['wall_s'] / folder['ours']['wall_s']:.2f}")  # fmt: skip
     print(f"  texts identical to sequential: {same}/{len(en)}")
-    results["folder"] = {"runs": folder, "same_text": same}
+    return {"runs": folder, "same_text": same}
 
+
+def measure_long(shared: Path, args: argparse.Namespace, warmup: Path) -> dict:
+    """The long files sequential, batched, and through faster-whisper's batched pipeline."""
     folder_lf = longform.DEFAULT_FOLDER
     recordings = sorted((folder_lf / "seed-10").glob("longform_*.wav"))
     if not recordings:
@@ -131,10 +152,7 @@ def main() -> int:
         run["wer"] = wer
         print(f"  {name:18s} wall {run['wall_s']:7.1f} s  cpu {run['cpu_s']:7.1f} s  WER {wer:5.2f}%  "
               f"t/faster-batched {run['wall_s'] / runs['faster-batched']['wall_s']:.2f}")  # fmt: skip
-    results["long"] = runs
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    return 0
+    return runs
 
 
 if __name__ == "__main__":
