@@ -180,7 +180,7 @@ class TorchEngine:
         decoder = self.model.decoder
         embedding = decoder.token_embedding
         if self.precision.decoder == "int8":
-            return Projection(decoder.ln, Int8Linear(embedding.weight, None, kernel_library(FEW_ROWS)))
+            return Projection(decoder.ln, Int8Linear(embedding.weight, None, kernel_library(FEW_ROWS), per_row=True))
         # Store the tied embedding column-major: the per-token vocabulary projection then reads
         # contiguous memory (twice as fast on CPU), and token lookups barely notice. On a
         # multi-core CPU the columns are padded to a whole number of blocks (BlockedProjection).

@@ -2,9 +2,14 @@
 
 Weights are quantized once, per output channel (symmetric: scale = max |w| / 127), and
 activations per call (dynamic quantization), so no calibration data is needed and every layer
-keeps float32 inputs and outputs: layer norms, softmax and the attention products around them
-stay float32. A decoding step is memory-bound (tiny.en reads ~130 MB per token in float32, 80 MB
-of it the vocabulary projection), and int8 weights are a quarter of that traffic.
+keeps float32 inputs and outputs. The kernels choose one activation scale per call, over all
+its rows; layers that see a few rows at a time (the decoder's tokens, beams and batched
+windows) scale each row on its own instead (`per_row`), so a row's result never depends on
+which other rows share the call: a window decodes to the same tokens alone or in a batch, and
+a quiet beam is not quantized on a loud one's scale. Layer norms, softmax and the attention
+products around the layers stay float32. A decoding step is memory-bound (tiny.en reads
+~130 MB per token in float32, 80 MB of it the vocabulary projection), and int8 weights are a
+quarter of that traffic.
 
 Two kernel libraries, because they win at different shapes here (Xeon with AVX-512 VNNI and AMX,
 2 threads): fbgemm at the decoder's few rows (0.4-0.6x float32's time per layer, oneDNN 0.7-1.0x),
@@ -64,9 +69,14 @@ class Int8Linear(nn.Module):
 
     Activations are quantized to 8 bits unless the CPU lacks VNNI, where fbgemm's 8-bit
     products can saturate and PyTorch's own default of 7 bits (`reduce_range`) is safer.
+
+    `per_row`: each row is divided by its largest magnitude before the kernel and multiplied
+    back after, and one more row holding +1 and -1 pins the kernel's range to [-1, 1], so every
+    row is quantized on its own scale whatever else is in the call (int32 accumulation is exact,
+    so the row's output is then bit-identical); the bias is added after the rescaling.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, engine: str) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None, engine: str, per_row: bool = False) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         # Block by block: a float32 copy of a whole vocabulary projection would be the largest
@@ -79,17 +89,30 @@ class Int8Linear(nn.Module):
             scales.append(scale)
         scale = torch.cat(scales).double()
         zero = torch.zeros(self.out_features, dtype=torch.long)
+        self.per_row = per_row
+        self.bias = None if bias is None or not per_row else bias.detach().float()
         with _packing_with(engine):
             q = torch._make_per_channel_quantized_tensor(torch.cat(rows), scale, zero, 0)
-            self.packed = torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float())
+            packed_bias = None if bias is None or per_row else bias.detach().float()
+            self.packed = torch.ops.quantized.linear_prepack(q, packed_bias)
         self.reduce_range = engine not in ("onednn", "qnnpack") and not cpu_has("vnni")
+        self.range_row = torch.zeros(1, self.in_features)
+        self.range_row[0, :2] = torch.tensor([1.0, -1.0])
 
     @classmethod
-    def of(cls, linear: nn.Linear, engine: str) -> Int8Linear:
-        return cls(linear.weight, linear.bias, engine)
+    def of(cls, linear: nn.Linear, engine: str, per_row: bool = False) -> Int8Linear:
+        return cls(linear.weight, linear.bias, engine, per_row)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self.packed, self.reduce_range)
+        if not self.per_row:
+            return torch.ops.quantized.linear_dynamic(x, self.packed, self.reduce_range)
+        rows = x.reshape(-1, self.in_features)
+        magnitude = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
+        pinned = torch.cat([rows / magnitude, self.range_row])
+        out = torch.ops.quantized.linear_dynamic(pinned, self.packed, self.reduce_range)[:-1].mul_(magnitude)
+        if self.bias is not None:
+            out += self.bias
+        return out.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -100,11 +123,12 @@ def quantize_linears(module: nn.Module, rows: str, many_rows: tuple[str, ...] = 
 
     Layers see `rows` rows at a time, except those whose qualified names end with one of
     `many_rows`, which see many (the decoder's cross-attention keys and values: 1500 frames).
+    Few-row layers quantize their activations row by row (`Int8Linear`'s `per_row`).
     """
     few, many = kernel_library(rows), kernel_library(MANY_ROWS)
     for name, child in list(module.named_modules()):
         for attribute, layer in list(child.named_children()):
             if isinstance(layer, nn.Linear):
                 qualified = f"{name}.{attribute}" if name else attribute
-                engine = many if qualified.endswith(many_rows) else few
-                setattr(child, attribute, Int8Linear.of(layer, engine))
+                is_many = rows == MANY_ROWS or qualified.endswith(many_rows)
+                setattr(child, attribute, Int8Linear.of(layer, many if is_many else few, per_row=not is_many))
