@@ -148,14 +148,14 @@ def connect(spec: ClusterSpec) -> bool:
             ray.init(address="local", num_cpus=cpus, include_dashboard=False, object_store_memory=128 << 20, **common)
         else:
             ray.init(address=spec.where, **common)
-    except ConnectionError as e:
-        if spec.where == "auto":
+    except Exception as e:  # Ray's own errors (refused, timed out, authentication): one line, not a traceback
+        address = os.environ.get("RAY_ADDRESS") if spec.where == "auto" else spec.where
+        if spec.where == "auto" and not address and isinstance(e, ConnectionError):
             raise ClusterUnavailable(
-                "--cluster auto: no Ray cluster is running (start one with `ray start --head`, or set RAY_ADDRESS)"
+                "--cluster auto: no Ray cluster is running here (start one with `ray start --head`, or set RAY_ADDRESS)"
             ) from e
-        raise ClusterUnavailable(f"--cluster {spec.where}: cannot connect ({_first_line(e)})") from e
-    except Exception as e:  # Ray's own errors (client not installed, timeouts): one line, not a traceback
-        raise ClusterUnavailable(f"--cluster {spec.where}: Ray could not start ({_first_line(e)})") from e
+        where = "start Ray here" if spec.where == "local" else f"connect to {address or 'Ray'}"
+        raise ClusterUnavailable(f"--cluster {spec.where}: cannot {where} ({_first_line(e)})") from e
     return spec.where == "local"
 
 
@@ -193,7 +193,7 @@ class Worker:
             OSError
         ):  # relative inputs mean what they meant to the driver, where its folder is shared
             os.chdir(self.cwd)
-        info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "package": __file__}
+        info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
         try:
             self.whisper = self.spec.load(self.settings)
         except ValueError as e:
@@ -368,7 +368,9 @@ class _Driver:
         self.deaths += 1
         if slot.job is None:  # died loading the model
             if self.deaths > 2 * self.plan.count:
-                raise WhisperCoreMLError(f"workers keep dying while loading the model ({_first_line(error)})")
+                raise WhisperCoreMLError(
+                    f"the workers died before they were ready ({_first_line(error)}); see the cluster's Ray logs"
+                )
             self.start_worker()
             return
         job = slot.job
