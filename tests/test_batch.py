@@ -90,32 +90,38 @@ def card_dump(tmp_path: Path, shared: Path) -> tuple[Path, set[str], dict[str, s
     (folder / "B-roll" / "room tone.wav").write_bytes((en / "arctic_axb_a0005.wav").read_bytes())
     good |= {"interview.mp4", "interview.mov", "Entrevista café 1.wav", "B-roll/room tone.wav"}
     skipped = {"no sound.mov"}  # a video without sound: nothing to transcribe, not a failure
-    (folder / "empty.wav").touch()
-    (folder / "notes.mp3").write_text("meeting notes, not audio\n" * 50)
-    mp3 = shared / "speech" / "long" / "librivox_shakespeare_sonnet001.mp3"
-    (folder / "cut.mp3").write_bytes(mp3.read_bytes()[: mp3.stat().st_size // 2])
     with av.open(str(folder / "no sound.mov"), "w") as out:
         video = out.add_stream("mpeg4", rate=10)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         for i in range(10):
             out.mux(video.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), i, np.uint8), format="rgb24")))
         out.mux(video.encode(None))
+    bad = add_broken_inputs(folder, shared)
+    if os.geteuid() == 0:  # root reads locked.wav anyway: it is a good input then
+        bad.pop("locked.wav")
+        good.add("locked.wav")
+    assert len(good) + len(bad) + len(skipped) == 20
+    return folder, good, bad
+
+
+def add_broken_inputs(folder: Path, shared: Path) -> dict[str, str]:
+    """The 5 broken inputs of a card dump, written into `folder`: {name: the problem each must
+    report} (test_cluster.py reuses them)."""
+    (folder / "empty.wav").touch()
+    (folder / "notes.mp3").write_text("meeting notes, not audio\n" * 50)
+    mp3 = shared / "speech" / "long" / "librivox_shakespeare_sonnet001.mp3"
+    (folder / "cut.mp3").write_bytes(mp3.read_bytes()[: mp3.stat().st_size // 2])
     (folder / "damaged.flac").write_bytes(b"fLaC" + os.urandom(3000))
     locked = folder / "locked.wav"
-    locked.write_bytes((en / "arctic_a0024.wav").read_bytes())
+    locked.write_bytes((shared / "speech" / "en" / "arctic_a0024.wav").read_bytes())
     locked.chmod(0)
-    bad = {
+    return {
         "empty.wav": "empty file",
         "notes.mp3": "not an audio or video file",
         "cut.mp3": "truncated",
         "damaged.flac": "",
         "locked.wav": "permission denied",
     }
-    if os.geteuid() == 0:  # root reads it anyway: it is a good input then
-        bad.pop("locked.wav")
-        good.add("locked.wav")
-    assert len(good) + len(bad) + len(skipped) == 20
-    return folder, good, bad
 
 
 def outputs_under(root: Path) -> set[str]:

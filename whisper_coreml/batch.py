@@ -18,6 +18,7 @@ import contextlib
 import fnmatch
 import json
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -126,6 +127,7 @@ class Outcome:
     resumed_at: float | None = None  # seconds of the file a journal already held
     windows: int = 0  # 30-s windows this run decoded
     cues: dict[str, Any] | None = None  # rule exceptions in the subtitle cues
+    worker: str | None = None  # the cluster worker that did it (cluster.py); None in a local run
 
 
 @dataclass
@@ -231,10 +233,20 @@ def plan(inputs: Sequence[tuple[Path, Path | None]], formats: Sequence[str], out
     return jobs
 
 
+def _takes_signals() -> bool:
+    """Python runs signal handlers in the main thread only, and sets them only from there: a
+    cluster worker runs its batch in an actor thread, and its driver stops it by a flag instead
+    (cluster.py)."""
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextlib.contextmanager
 def interrupt_on_sigterm() -> Iterator[None]:
     """SIGTERM stops the run the way Ctrl-C does (KeyboardInterrupt): temp files go, finished
     outputs stay."""
+    if not _takes_signals():
+        yield
+        return
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -257,6 +269,9 @@ def interrupts_deferred() -> Iterator[None]:
     their record look like someone else's files to the next run, which then keeps them (`kept:`)
     instead of finishing the input. Writing them takes milliseconds.
     """
+    if not _takes_signals():
+        yield
+        return
     received: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in _STOPS}
     try:
@@ -271,6 +286,40 @@ def interrupts_deferred() -> Iterator[None]:
 def describe_os_error(error: OSError, fallback: Path) -> str:
     """`path: problem` for a failed file operation, in words an editor can act on."""
     return f"{error.filename or fallback}: {os_problem(error)}"
+
+
+def assess(job: Job, settings: Settings, overwrite: bool) -> tuple[tuple[tuple[str, Path], ...], Outcome | None]:
+    """(targets to write, or the outcome when there is nothing to do): reads only records
+    and file metadata, so it is cheap and safe without a claim (a cluster's driver decides
+    with it which files its workers get)."""
+    source = str(job.source)
+    try:
+        identity = input_identity(job.source)
+    except OSError:
+        identity = {}  # a missing or unreadable input: decoding it reports the problem
+    if any(path.resolve() == job.source.resolve() for _, path in job.targets):
+        return (), Outcome(source, "failed", error=f"{source}: output would overwrite the input")
+    todo, kept = [], []
+    for fmt, target in job.targets:
+        key = settings.output_key(fmt)
+        state = job.record.state(target, key, identity) if identity else State.MISSING
+        if state is State.FOLDER:
+            error = f"{target}: a folder stands where the {fmt} output should be written"
+            return (), Outcome(source, "failed", error=error)
+        if state is State.CURRENT and not overwrite:
+            continue
+        if state in (State.EDITED, State.FOREIGN) and not overwrite:
+            why = "was edited since it was written" if state is State.EDITED else "was not written by whisper-coreml"
+            kept.append(f"{target} {why}")
+            continue
+        todo.append((fmt, target))
+    outputs = tuple(str(p) for _, p in job.targets)
+    if kept:
+        error = "; ".join(kept) + "; kept it (--overwrite replaces it)"
+        return (), Outcome(source, "kept", error=error, outputs=outputs)
+    if not todo:
+        return (), Outcome(source, "up to date", outputs=outputs)
+    return tuple(todo), None
 
 
 Event = Callable[[str, dict[str, Any]], None]
@@ -321,38 +370,7 @@ class _Batch:
         self.emit("outcome", {"outcome": outcome})
 
     def assess(self, job: Job) -> tuple[tuple[tuple[str, Path], ...], Outcome | None]:
-        """(targets to write, or the outcome when there is nothing to do): reads only records
-        and file metadata, so it is cheap and safe without a claim."""
-        source = str(job.source)
-        try:
-            identity = input_identity(job.source)
-        except OSError:
-            identity = {}  # a missing or unreadable input: decoding it reports the problem
-        if any(path.resolve() == job.source.resolve() for _, path in job.targets):
-            return (), Outcome(source, "failed", error=f"{source}: output would overwrite the input")
-        todo, kept = [], []
-        for fmt, target in job.targets:
-            key = self.settings.output_key(fmt)
-            state = job.record.state(target, key, identity) if identity else State.MISSING
-            if state is State.FOLDER:
-                error = f"{target}: a folder stands where the {fmt} output should be written"
-                return (), Outcome(source, "failed", error=error)
-            if state is State.CURRENT and not self.overwrite:
-                continue
-            if state in (State.EDITED, State.FOREIGN) and not self.overwrite:
-                why = (
-                    "was edited since it was written" if state is State.EDITED else "was not written by whisper-coreml"
-                )
-                kept.append(f"{target} {why}")
-                continue
-            todo.append((fmt, target))
-        outputs = tuple(str(p) for _, p in job.targets)
-        if kept:
-            error = "; ".join(kept) + "; kept it (--overwrite replaces it)"
-            return (), Outcome(source, "kept", error=error, outputs=outputs)
-        if not todo:
-            return (), Outcome(source, "up to date", outputs=outputs)
-        return tuple(todo), None
+        return assess(job, self.settings, self.overwrite)
 
     def claim(self, job: Job) -> _Work | Outcome | None:
         """Claim `job` and look again under the claim (another run may have just finished it);

@@ -206,6 +206,22 @@ def transcribe_command(
         typer.Option("--overwrite", help="Redo up-to-date outputs and replace edited or foreign files.", metavar=""),
     ] = False,
     report: Annotated[Path | None, typer.Option(help="Write the run's summary as JSON here.", metavar="FILE")] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on Ray: auto (the running cluster), local[:N] (N model replicas here) or ray://HOST:PORT; "
+            "inputs and outputs on storage every machine mounts at the same path.",
+            metavar="WHERE",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="--cluster: model replicas (default: one per GPU, else one per machine).",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only errors.", metavar="")] = False,
     version: VersionOption = False,
     help: HelpOption = False,
@@ -256,6 +272,12 @@ def transcribe_command(
             _check_choice("--device", device, ("auto", "cpu", "cuda", "mps"))
         settings = build_settings(name, choices)  # the same checks and defaults as the server's
         check_compute_type(engine, device, compute_type)  # e.g. float16 on the CPU, int8 on the mil engine
+        if cluster is not None:
+            from .cluster import ClusterSpec
+
+            cluster_spec = ClusterSpec.parse(cluster, workers)  # Ray itself is imported only if there is work
+        elif workers is not None:
+            raise ValueError("--workers needs --cluster")
         found = discover(paths, recursive, include or (), exclude or ())
         jobs = plan(found.inputs, parse_formats(",".join(format)), output_dir)
     except (ValueError, ModelError) as e:
@@ -284,7 +306,13 @@ def transcribe_command(
         )
     try:
         with presenter:
-            result = run_batch(jobs, load, settings, overwrite, presenter.event, batch_size)
+            if cluster is not None:
+                from .cluster import ModelSpec, run_cluster
+
+                spec = ModelSpec(name, engine, device, compute_type)
+                result = run_cluster(jobs, cluster_spec, spec, settings, overwrite, presenter.event, batch_size)
+            else:
+                result = run_batch(jobs, load, settings, overwrite, presenter.event, batch_size)
     except ValueError as e:
         raise fail(str(e), 2) from None
     except WhisperCoreMLError as e:
@@ -360,10 +388,20 @@ class _Presenter:
                 self.overall = self.progress.add_task("all files", total=max(info["seconds"], 1e-9), detail="")
                 self._overall("all files")
         elif kind == "loading" and self.live:
-            self._overall("loading model")
+            self._overall(f"starting {info['workers']} workers" if "workers" in info else "loading model")
+        elif kind == "worker" and not self.quiet:
+            self._say(f"worker {info['worker']} ready on {info['host']} (pid {info['pid']})")
+        elif kind == "lost" and not self.quiet:
+            then = "giving it to another worker" if info["retry"] else "giving up on it"
+            self._say(f"note: worker {info['worker']} died while transcribing {info['source']}; {then}")
+            if self.live and (lost := self.running.pop(str(info["source"]), None)) is not None:
+                self.progress.remove_task(lost[0])
         elif kind == "start" and self.live:
             self._overall("all files")
-            task = self.progress.add_task(Path(info["source"]).name, total=None, detail="")
+            name = Path(info["source"]).name
+            task = self.progress.add_task(
+                f"{info['worker']}: {name}" if "worker" in info else name, total=None, detail=""
+            )
             self.running[str(info["source"])] = (task, 0.0)
         elif kind == "progress" and self.live and str(info["source"]) in self.running:
             task, _ = self.running[str(info["source"])]
@@ -376,12 +414,16 @@ class _Presenter:
                 self.progress.remove_task(finished[0])
             self._outcome(info["outcome"])
 
+    @staticmethod
+    def _say(text: str) -> None:
+        stderr.print(text, markup=False, soft_wrap=True)
+
     def _outcome(self, outcome: Outcome) -> None:
         if outcome.status in ("done", "failed", "skipped"):
             self.files_done += 1
             self.audio_done += outcome.duration or 0.0
             self._overall("all files")
-        say = lambda text: stderr.print(text, markup=False, soft_wrap=True)  # noqa: E731
+        say = self._say
         if outcome.status == "failed":
             say(f"error: {outcome.error}")
         elif outcome.status == "kept":
@@ -391,7 +433,11 @@ class _Presenter:
         elif outcome.status == "done" and not self.quiet:
             written = ", ".join(outcome.outputs)
             resumed = f" (resumed at {outcome.resumed_at:.1f} s)" if outcome.resumed_at else ""
-            say(f"{outcome.source}: {outcome.duration:.1f} s of audio in {outcome.seconds:.1f} s{resumed} -> {written}")
+            where = f" on {outcome.worker}" if outcome.worker else ""
+            say(
+                f"{outcome.source}: {outcome.duration:.1f} s of audio in {outcome.seconds:.1f} s{where}{resumed} "
+                f"-> {written}"
+            )
             for note in outcome.notes:
                 say(f"  {note}")
 
@@ -414,12 +460,14 @@ class _Presenter:
             from .batch import STATUSES
 
             table = Table(box=None, title="summary", title_justify="left")
-            for column in ("file", "duration", "status", "time", "cue exceptions"):
+            workers = any(o.worker for o in report.outcomes)  # a cluster run: who did each file
+            for column in ("file", "duration", "status", "time", *(("worker",) if workers else ()), "cue exceptions"):
                 table.add_column(column)
             for o in report.outcomes:
                 duration = f"{o.duration:.1f} s" if o.duration is not None else "-"
-                exceptions = _exceptions(o.cues)
-                table.add_row(o.source, duration, o.status, f"{o.seconds:.1f} s" if o.seconds else "-", exceptions)
+                time = f"{o.seconds:.1f} s" if o.seconds else "-"
+                worker = (o.worker or "-",) if workers else ()
+                table.add_row(o.source, duration, o.status, time, *worker, _exceptions(o.cues))
             stderr.print(table)
             counts = ", ".join(f"{report.count(s)} {s}" for s in STATUSES if report.count(s) or s in ("done", "failed"))
             stderr.print(counts, markup=False)
