@@ -431,22 +431,23 @@ class _Batch:
         deferred: list[Job] = []
         running: list[_Work] = []
         upcoming: _Work | None = None
+        starting: _Work | None = None  # claimed, not yet running: Ctrl-C while its audio opens must free it
         try:
             with interrupt_on_sigterm():
                 while True:
                     while len(running) < self.batch_size:  # start files until the batch is full
-                        work = upcoming or self.next_work(queue, deferred)
-                        upcoming = None
-                        if work is None and deferred and not running:  # what other runs held may be free or done now
+                        starting, upcoming = upcoming or self.next_work(queue, deferred), None
+                        if starting is None and deferred and not running:  # what other runs held may be free now
                             queue.extend(deferred)
                             deferred = []
-                            work = self.next_work(queue, deferred, final=True)
-                        if work is None:
+                            starting = self.next_work(queue, deferred, final=True)
+                        if starting is None:
                             break
-                        if work.transcript is not None:
-                            self.finish(self.write(work, work.transcript))
-                        elif self.start(work):
-                            running.append(work)
+                        if starting.transcript is not None:
+                            self.finish(self.write(starting, starting.transcript))
+                        elif self.start(starting):
+                            running.append(starting)
+                        starting = None
                     if upcoming is None and (upcoming := self.next_work(queue, deferred)) is not None:
                         self.open_audio(upcoming)  # decoded while the running ones transcribe
                     if self.batcher is not None and self.batcher.waiting:
@@ -460,8 +461,8 @@ class _Batch:
         except KeyboardInterrupt:
             self.report.interrupted = True
         finally:
-            for work in [*running, *([upcoming] if upcoming is not None else [])]:
-                self.drop(work)
+            for work in {id(w): w for w in (*running, upcoming, starting) if w is not None}.values():
+                self.drop(work)  # (a claim released twice is released once)
             self.prefetch.shutdown(wait=True, cancel_futures=True)
         return self.report
 
