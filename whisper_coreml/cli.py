@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .cli_options import ComputeTypeOption, DeviceOption, EngineOption
 from .errors import WhisperCoreMLError, os_problem
 from .server.command import serve_command
 
@@ -128,18 +129,9 @@ def transcribe_command(
             metavar="N",
         ),
     ] = 1,
-    engine: Annotated[
-        str, typer.Option(help="auto, torch, coreml (macOS) or mil (converted model, any OS).", metavar="ENGINE")
-    ] = "auto",
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, mps or auto (torch engine).", metavar="DEVICE")] = None,
-    compute_type: Annotated[
-        str,
-        typer.Option(
-            help="auto, float32, int8, bfloat16, int8_bfloat16 or float16 (torch engine); auto: the fastest "
-            "as accurate as float32 here.",
-            metavar="TYPE",
-        ),
-    ] = "auto",  # settings.Choices.compute_type
+    engine: EngineOption = "auto",
+    device: DeviceOption = None,
+    compute_type: ComputeTypeOption = "auto",  # settings.Choices.compute_type
     word_timestamps: Annotated[
         bool | None,
         typer.Option(

@@ -18,6 +18,8 @@ from typing import Annotated
 
 import typer
 
+from ..cli_options import ComputeTypeOption, DeviceOption, EngineOption
+
 
 def _help(ctx: typer.Context, value: bool) -> None:
     if value:
@@ -52,18 +54,9 @@ def serve_command(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Catalog name (tiny.en, base, ...) or path.", metavar="NAME")
     ] = None,
-    engine: Annotated[
-        str, typer.Option(help="auto, torch, coreml (macOS) or mil (converted model, any OS).", metavar="ENGINE")
-    ] = "auto",
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, mps or auto (torch engine).", metavar="DEVICE")] = None,
-    compute_type: Annotated[
-        str,
-        typer.Option(
-            help="auto, float32, int8, bfloat16, int8_bfloat16 or float16 (torch engine); auto: the fastest "
-            "as accurate as float32 here.",
-            metavar="TYPE",
-        ),
-    ] = "auto",
+    engine: EngineOption = "auto",
+    device: DeviceOption = None,
+    compute_type: ComputeTypeOption = "auto",
     api_key: Annotated[
         str | None,
         typer.Option(
