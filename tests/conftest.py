@@ -28,8 +28,10 @@ from whisper_coreml.catalog import catalog, installed_package, resolve_weights
 from whisper_coreml.model import ModelDimensions
 from whisper_coreml.weights import Weights, hf_to_openai_name
 
-# 2 threads, as on the CI runners; $WHISPER_COREML_TEST_THREADS overrides (1 is much faster on a busy machine)
-torch.set_num_threads(int(os.environ.get("WHISPER_COREML_TEST_THREADS", "2")))
+# 2 threads, as on the CI runners, or 1 in each of pytest-xdist's workers (`pytest -n 2`: the two
+# share the cores); $WHISPER_COREML_TEST_THREADS overrides (1 is much faster on a busy machine)
+THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+torch.set_num_threads(int(os.environ.get("WHISPER_COREML_TEST_THREADS", THREADS)))
 
 SHARED = Path(os.environ.get("WHISPER_COREML_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
