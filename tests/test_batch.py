@@ -42,6 +42,9 @@ def cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Pope
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
+        # Ctrl-C as in a terminal: a process that starts with SIGINT ignored (pytest-xdist's
+        # workers pass that on, as shells do to background jobs) keeps ignoring it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

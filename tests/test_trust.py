@@ -188,7 +188,7 @@ def test_kill_9_mid_file_resumes_at_the_last_window(long_file: Path, tmp_path: P
 
     journal = resumed_dir / ".long.wav.whisper-coreml.journal"
     rng = np.random.default_rng(9)
-    kill_points = sorted(rng.choice(np.arange(1, total - 1), size=3, replace=False).tolist())
+    kill_points = sorted(rng.choice(np.arange(1, total - 1), size=2, replace=False).tolist())
     log = []
     for point in kill_points:  # kill -9 once a random number of windows is journaled
         process = cli(long_file, "-o", resumed_dir, *args)
@@ -472,10 +472,12 @@ def test_catalog_pins_package_files_and_names_the_extra_offline(
 
 
 def test_cue_durations_are_hard_limits_and_exceptions_are_reported(tmp_path: Path, shared: Path) -> None:
-    """tiny.en on German writes long garbled words: cues of 11.08 s and 7.04 s came out before."""
+    """tiny.en on German writes long garbled words: cues of 11.08 s and 7.04 s came out before.
+    Greedy: beam search on a language the model does not know falls back through every
+    temperature (3 minutes for this minute of speech); the cue limits do not depend on it."""
     clip = tmp_path / "de.mp3"
     clip.write_bytes((shared / "speech" / "multi" / "librivox_de_simplicissimus.mp3").read_bytes())
-    result = run(clip, "-f", "srt", "--report", tmp_path / "r.json")
+    result = run(clip, "-f", "srt", "--beam-size", "1", "--report", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     cues = list(srt.parse((tmp_path / "de.srt").read_text()))
     spans = [(c.end - c.start).total_seconds() for c in cues]
