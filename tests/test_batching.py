@@ -121,7 +121,7 @@ def test_folder_batch_writes_what_sequential_writes(tmp_path: Path, speech: Call
     runs = {}
     for size in ("1", "3"):
         out = tmp_path / f"out{size}"
-        common = ("--format", "json,srt", "--quiet")  # the CLI's defaults: int8 on a CPU
+        common = ("--format", "json,srt", "--quiet")  # the CLI's defaults (int8: test_an_int8_batch_...)
         done = _run(str(folder), *common, "-o", str(out), "--batch-size", size)
         assert done.returncode == 1, done.stderr
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
