@@ -471,8 +471,9 @@ def run_cluster(
     emit("plan", {"total": len(queued), "seconds": sum(seconds for seconds, _ in queued)})
     started_here = False
     try:
+        started_here = connect(spec)
+        # after ray.init, which puts its own SIGTERM handler (a C++ stack dump, then exit) over ours
         with interrupt_on_sigterm():
-            started_here = connect(spec)
             driver = _Driver(spec, model, settings, overwrite, emit, batch_size)
             driver.report = report
             return driver.run([job for _, job in queued])
