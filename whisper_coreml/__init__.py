@@ -23,8 +23,8 @@ openmp.configure()  # before anything loads torch (see openmp.py); every submodu
 
 if TYPE_CHECKING:
     from .api import WhisperModel, load_model, transcribe
+    from .options import TranscriptionOptions
     from .result import Segment, TranscriptionResult, Word
-    from .transcribe import TranscriptionOptions
 
 __version__ = "0.1.0"
 
@@ -35,7 +35,7 @@ _LAZY = {
     "Segment": "result",
     "TranscriptionResult": "result",
     "Word": "result",
-    "TranscriptionOptions": "transcribe",
+    "TranscriptionOptions": "options",
 }
 
 __all__ = [

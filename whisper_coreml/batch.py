@@ -27,9 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .audio import MelSource, probe_duration
 from .errors import NoAudioTrack, WhisperCoreMLError, os_problem
-from .journal import FileJournal
 from .locks import Claim, try_claim
 from .records import Record, State, input_identity, settings_key
 from .subtitles import report_cues
@@ -39,8 +37,11 @@ from .writers.fcpxml import fcpxml_options_for
 
 if TYPE_CHECKING:
     from .api import WhisperModel
+    from .audio import MelSource
+    from .journal import FileJournal
+    from .options import TranscriptionOptions
     from .result import TranscriptionResult
-    from .transcribe import Batcher, TranscriptionOptions
+    from .transcribe import Batcher
 
 MEDIA_EXTENSIONS = frozenset(".wav .flac .mp3 .m4a .aac .ogg .opus .mp4 .mov .m4v .mkv .mxf .webm .aif .aiff".split())
 STATUSES = ("done", "up to date", "locked", "kept", "skipped", "failed")
@@ -68,6 +69,8 @@ class Job:
         return self.directory / f".{self.source.name}.whisper-coreml.lock"
 
     def journal(self, key: str) -> FileJournal:
+        from .journal import FileJournal  # numpy: only for a file that is not up to date
+
         return FileJournal(self.directory / f".{self.source.name}.whisper-coreml.journal", key)
 
 
@@ -413,6 +416,8 @@ class _Batch:
     def open_audio(self, work: _Work) -> None:
         """Start decoding `work`'s audio in the background (the model must be loaded)."""
         if work.transcript is None and work.audio is None and self.model is not None:
+            from .audio import MelSource
+
             work.audio = self.prefetch.submit(
                 MelSource.from_file, work.job.source, self.model.engine.dims.n_mels, self.settings.transcription.vad
             )
@@ -427,6 +432,8 @@ class _Batch:
                 queue.append(job)
         if not queue:
             return self.report
+        from .audio import probe_duration  # PyAV and numpy: only when there is work
+
         self.emit("plan", {"total": len(queue), "seconds": sum(probe_duration(j.source) or 0.0 for j in queue)})
         deferred: list[Job] = []
         running: list[_Work] = []

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 from .batch import Settings
 from .engines import COMPUTE_TYPES
+from .options import TranscriptionOptions, VadOptions
 from .subtitles import CueRules
 from .timecode import frame_rate
 from .tokenizer import language_code
-from .transcribe import TranscriptionOptions
-from .vad import VadOptions
 from .writers import SUBTITLE_FORMATS, WriteOptions, parse_formats
 
 

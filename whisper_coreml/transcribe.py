@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,12 +19,10 @@ from .decoding import TIME_PRECISION, DecodingOptions, DecodingResult, decode_wi
 from .engines.base import Engine
 from .hallucination import Window as HallucinationWindow
 from .hallucination import skip_hallucinations
+from .options import TranscriptionOptions
 from .result import Segment, TranscriptionResult
 from .timing import add_word_timestamps, find_pauses, fit_words_to_pauses, speech_end
 from .tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from .vad import VadOptions
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 INPUT_STRIDE = 2  # mel frames per audio position (and per timestamp step)
@@ -63,45 +61,6 @@ class WindowJournal(Protocol):
     def begin(self, language: str) -> None: ...
 
     def window(self, state: SeekState, segments: Sequence[Segment]) -> None: ...
-
-
-@dataclass(frozen=True)
-class TranscriptionOptions:
-    """Everything that shapes a transcription (openai-whisper's names and defaults)."""
-
-    language: str | None = None
-    task: str = "transcribe"
-    temperature: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    best_of: int = 5
-    beam_size: int | None = None
-    patience: float | None = None
-    length_penalty: float | None = None
-    compression_ratio_threshold: float | None = 2.4
-    logprob_threshold: float | None = -1.0
-    no_speech_threshold: float | None = 0.6
-    condition_on_previous_text: bool = True
-    initial_prompt: str | None = None
-    carry_initial_prompt: bool = False
-    suppress_tokens: str = "-1"
-    suppress_blank: bool = True
-    without_timestamps: bool = False
-    max_initial_timestamp: float | None = 1.0
-    clip_timestamps: tuple[float, ...] = ()
-    word_timestamps: bool = False
-    # Seconds of silence around a likely invention that drop it (openai-whisper's option of
-    # that name; needs word_timestamps).
-    hallucination_silence_threshold: float | None = None
-    # Move word edges out of silences the audio shows (subtitle cues then see sentence pauses);
-    # off, words are openai-whisper's exactly.
-    words_at_pauses: bool = False
-    prepend_punctuations: str = "\"'“¿([{-"
-    append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
-    # Decode only the speech Silero VAD finds, each stretch of it from a window of its own; the
-    # caller opens the MelSource with these options (`MelSource.from_file(path, vad=options.vad)`).
-    vad: VadOptions | None = None
-    # Decode each stretch of speech (each clip) without the text before it, so that the stretches
-    # of one input can be decoded side by side in a batch (faster-whisper's batched mode).
-    independent_stretches: bool = False
 
 
 @dataclass(frozen=True)

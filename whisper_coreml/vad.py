@@ -30,6 +30,7 @@ import numpy as np
 
 from .audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 from .errors import WhisperCoreMLError
+from .options import VadOptions
 from .result import Segment
 
 FRAME = 512  # samples per Silero frame at 16 kHz: one speech probability each (32 ms)
@@ -41,64 +42,6 @@ INSTALL_HINT = "pip install 'whisper-coreml[vad]' (or: pip install 'silero-vad>=
 
 class VadError(WhisperCoreMLError):
     """Voice activity detection cannot run: its model file or runtime is missing or unreadable."""
-
-
-@dataclass(frozen=True)
-class VadOptions:
-    """faster-whisper's `VadOptions`: the same fields, defaults and meaning.
-
-    threshold: a frame whose speech probability is at least this starts (or continues) speech.
-    neg_threshold: below this a frame is silence; between the two it continues what came
-        before. None means max(threshold - 0.15, 0.01).
-    min_speech_duration_ms: speech shorter than this (before padding) is dropped.
-    max_speech_duration_s: longer speech is split at its last silence of over 98 ms, or
-        else cut hard just before this length (padding included).
-    min_silence_duration_ms: a silence must last this long to end speech.
-    speech_pad_ms: each region grows by this much on both sides (half the gap where two
-        regions are closer than twice this).
-    bridge_gap_s (ours, not a region rule): the seek loop decodes a pause shorter than this
-        with the speech around it. Whisper reads conversational pauses well, and they are
-        where Silero misses a hoarse or quiet voice (on the mfa recording of ../shared it cut
-        1.8 s of a sick speaker after a 2.7 s pause); long non-speech is still skipped.
-    max_stretch_s (ours): a bridged stretch is cut between regions when it would grow past
-        this, so that stretches decoded side by side (`independent_stretches`) fill a window
-        each, as faster-whisper's batched chunks do; None leaves stretches whole.
-    """
-
-    threshold: float = 0.5
-    neg_threshold: float | None = None
-    min_speech_duration_ms: int = 0
-    max_speech_duration_s: float = float("inf")
-    min_silence_duration_ms: int = 2000
-    speech_pad_ms: int = 400
-    bridge_gap_s: float = 5.0
-    max_stretch_s: float | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"VAD threshold must be between 0 and 1, not {self.threshold:g}")
-        if self.neg_threshold is not None and not 0.0 <= self.neg_threshold <= self.threshold:
-            raise ValueError(f"VAD neg_threshold must be between 0 and threshold, not {self.neg_threshold:g}")
-        if min(self.min_speech_duration_ms, self.min_silence_duration_ms, self.speech_pad_ms) < 0:
-            raise ValueError("VAD durations and padding cannot be negative")
-        if self.bridge_gap_s < 0:
-            raise ValueError(f"VAD bridge_gap_s cannot be negative, not {self.bridge_gap_s:g}")
-        if self.max_speech_duration_s <= 0:
-            raise ValueError(f"VAD max_speech_duration_s must be positive, not {self.max_speech_duration_s:g}")
-        if self.max_stretch_s is not None and self.max_stretch_s <= 0:
-            raise ValueError(f"VAD max_stretch_s must be positive, not {self.max_stretch_s:g}")
-
-    def in_windows(self, seconds: float = 25.0) -> VadOptions:
-        """These options for stretches decoded side by side: speech cut at its silences into
-        pieces that fit a window, as faster-whisper's batched mode cuts it (at 30 s). 25 s,
-        because Whisper tends to drop the last words of a window that speech fills to its end:
-        on ../shared/speech/long (tiny.en, beam 5) pieces of 30 s gave 9.7% WER, 25 s 7.8%,
-        against 7.0% decoding in sequence."""
-        return replace(self, max_speech_duration_s=min(self.max_speech_duration_s, seconds), max_stretch_s=seconds)
-
-    @property
-    def silence_threshold(self) -> float:
-        return max(self.threshold - 0.15, 0.01) if self.neg_threshold is None else self.neg_threshold
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@
 any OS) run the programs of a converted bundle. `auto` is Core ML on macOS when a bundle
 exists (api.load_model converts a catalog model there first: coreml/first_use.py), PyTorch
 otherwise.
+
+The protocol lives in `base` (numpy); this module imports only the standard library, so the
+commands that pick an engine without running one (a finished re-run) stay light.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import ModelError
-from .base import DecoderSession, Engine
 
 if TYPE_CHECKING:
     from ..coreml.bundle import Bundle
     from ..weights import Weights
+    from .base import Engine
 
 ENGINES = ("auto", "torch", "coreml", "mil")
 # --compute-type: what the torch engine computes in (engines/precision.py says what each means where)
@@ -76,8 +79,6 @@ def create_bundle_engine(bundle: Bundle, name: str = "auto") -> Engine:
 __all__ = [
     "COMPUTE_TYPES",
     "ENGINES",
-    "DecoderSession",
-    "Engine",
     "check_compute_type",
     "create_bundle_engine",
     "create_torch_engine",
