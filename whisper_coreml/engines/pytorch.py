@@ -116,9 +116,30 @@ class TorchSession:
     @torch.inference_mode()
     def step(self, tokens: np.ndarray, positions: Sequence[int] | np.ndarray = (-1,)) -> np.ndarray:
         device = self.cross_kv[0][0].device
-        x = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(device)
-        hidden, self.cache = self.model.decoder(x, self.cross_kv, self.cache, self.padding)
         at = np.asarray(positions)
+        copies = self._copies(tokens)
+        if copies > 1:
+            # Every window's rows start alike (beams, samples): run each window's prompt once and
+            # copy the result, instead of the whole prompt (up to 224 tokens) once per beam.
+            logits = self._step(tokens[::copies], at[::copies] if at.ndim == 2 else at, device)
+            self.cache = [(k.repeat_interleave(copies, 0), v.repeat_interleave(copies, 0)) for k, v in self.cache]
+            return np.repeat(logits, copies, axis=0)
+        return self._step(tokens, at, device)
+
+    def _copies(self, tokens: np.ndarray) -> int:
+        """How many identical rows each window's first step holds (1 once the cache exists)."""
+        n = tokens.shape[0] // self.cross_kv[0][0].shape[0]
+        if self.cache is not None or n == 1:
+            return 1
+        grouped = tokens.reshape(-1, n, tokens.shape[1])
+        return n if (grouped == grouped[:, :1]).all() else 1
+
+    def _step(self, tokens: np.ndarray, at: np.ndarray, device: torch.device) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(device)
+        padding = self.padding
+        if padding is not None and padding.shape[0] != x.shape[0]:  # the first step of copies: one row a window
+            padding = padding[:: padding.shape[0] // x.shape[0]]
+        hidden, self.cache = self.model.decoder(x, self.cross_kv, self.cache, padding)
         if at.ndim == 2:  # each row its own positions
             rows = torch.arange(hidden.shape[0], device=device)[:, None]
             return self.logits(hidden[rows, torch.from_numpy(at % x.shape[1]).to(device)]).cpu().numpy()
