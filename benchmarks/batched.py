@@ -55,9 +55,8 @@ def child(spec: dict) -> dict:
 
         runs = lambda paths: [run(p) for p in paths]  # noqa: E731
     else:
+        import whisper_coreml as wc  # noqa: I001 - before torch, as the CLI loads it (see bench._Ours)
         import torch
-
-        import whisper_coreml as wc
 
         torch.set_num_threads(spec["threads"])
         model = wc.load_model(spec["model"], engine="torch", compute_type=spec["compute_type"])

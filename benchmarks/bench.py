@@ -83,10 +83,12 @@ def split_system(label: str) -> tuple[str, str | None]:
 
 class _Ours:
     def __init__(self, spec: dict) -> None:
+        # whisper_coreml first, as the CLI loads it: it sets OpenMP's short spinning before torch
+        # loads (whisper_coreml/openmp.py); torch first would measure a spinning process instead.
+        import whisper_coreml as wc  # noqa: I001
         import torch
 
         torch.set_num_threads(spec["threads"])
-        import whisper_coreml as wc
 
         self.model = wc.load_model(spec["model"], engine="torch", compute_type=spec["compute_type"])
         self.version = wc.__version__
