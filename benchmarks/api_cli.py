@@ -3,9 +3,8 @@
 Both run in fresh processes, three of each (medians); the API's time is the first
 `model.transcribe(path)` after `load_model`, the CLI's the file's time in its --report (audio
 decoding included, model loading not). The busy neighbour is one Python process spinning on
-a core. Before openmp.py the API took up to ~15x longer than the CLI beside busy processes;
-`GOMP_SPINCOUNT=300000` (libgomp's default, which a user's value overrides) shows that case
-again.
+a core. Before openmp.py the API took up to ~15x longer than the CLI beside busy processes
+(both now run one thread while another process holds a core, see openmp.py).
 
     python benchmarks/api_cli.py [--clip ../shared/speech/en/jfk_inaugural_excerpt.flac]
 """

@@ -83,8 +83,8 @@ def split_system(label: str) -> tuple[str, str | None]:
 
 class _Ours:
     def __init__(self, spec: dict) -> None:
-        # whisper_coreml first, as the CLI loads it: it sets OpenMP's short spinning before torch
-        # loads (whisper_coreml/openmp.py); torch first would measure a spinning process instead.
+        # whisper_coreml first, as the CLI loads it: it configures OpenMP before torch loads
+        # (whisper_coreml/openmp.py), which torch first would skip.
         import whisper_coreml as wc  # noqa: I001
         import torch
 

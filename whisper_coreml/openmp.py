@@ -1,32 +1,40 @@
-"""OpenMP's idle threads must give the CPU back, or a busy neighbour makes us 15x slower.
+"""PyTorch's CPU threads: all of them while the cores are free, one while other processes hold them.
 
-PyTorch runs its CPU kernels on an OpenMP team, and GNU libgomp (Linux wheels) lets a thread
-that waits at a barrier spin for ~300,000 iterations before sleeping; LLVM's libomp (macOS
-wheels) spins for 200 ms. A decoder step is hundreds of tiny parallel regions, so with as many
-threads as cores and another process on one of them, every region waits for a thread the
-scheduler has parked while its partners spin through their time slices: measured here, an
-11-s clip took 25 s instead of 1.3 s. (The CLI hid this by accident: its prefetch thread's
-own OpenMP team made libgomp see more threads than cores, and then it spins only 100 times.)
+PyTorch runs its CPU kernels on an OpenMP team, and a decoder step is hundreds of small parallel
+regions. Between regions GNU libgomp (Linux wheels) lets its threads spin for a while before
+they sleep. On a free machine that spinning is what makes a step fast: woken from sleep, the
+threads of the 2-core Xeon VM of benchmarks/README.md took a long file from 7.1 s to 11.1 s
+(int8; float32 8.0 -> 13.2 s). Beside a busy process it is the opposite: a region waits for a
+thread the scheduler has parked while its partners spin through their time slices, and the same
+file took 24.5 s (an 11-s clip once took 25 s instead of 1.3 s). One thread has no regions to
+wait on: 9.1 s beside the busy process, better than any two-thread setting there.
 
-The runtimes read these settings once, when torch loads them, so `configure` runs before
-anything imports torch (whisper_coreml/__init__.py calls it first); a user's own values win.
-It has a price on an idle machine: on the 2-core Xeon VM of benchmarks/README.md a long file
-took 15-20% longer than with libgomp's default spinning (its threads sleep between a decoder
-step's parallel regions and must be woken), against 2.2-2.4x shorter beside one busy process.
+So threads spin as libgomp likes, and `ThreadGovernor` measures, between windows, how much of
+the machine other processes use (/proc/stat's busy time minus our own CPU time) and runs all
+the threads the user allowed while the cores are free, one while another process holds one.
+
+Where that cannot be measured (no /proc/stat: macOS, whose LLVM libomp spins for 200 ms),
+`configure` has idle threads sleep at once instead. The runtimes read that setting once, when
+torch loads them, so `configure` runs before anything imports torch (whisper_coreml/__init__.py
+calls it first); a user's own values win.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings
+from pathlib import Path
 
-SETTINGS = {"GOMP_SPINCOUNT": "100", "KMP_BLOCKTIME": "1"}  # libgomp's own count when oversubscribed
+PROC_STAT = Path("/proc/stat")
+# Without a measure of the machine's load: idle threads sleep at once (libomp's block time, ms).
+SETTINGS = {} if PROC_STAT.is_file() else {"KMP_BLOCKTIME": "1"}
 _late = False  # torch was loaded before we could configure its OpenMP runtime
 
 
 def configure() -> None:
-    """Set short OpenMP spinning for this process unless the user chose otherwise."""
+    """Set the OpenMP settings this platform needs for this process unless the user chose otherwise."""
     global _late
     unset = [name for name in SETTINGS if name not in os.environ]
     _late = bool(unset) and "torch" in sys.modules
@@ -46,3 +54,51 @@ def warn_if_late() -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every process on the machine has used so far (all cores), or None where unknown."""
+    try:
+        fields = [int(x) for x in PROC_STAT.read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def threads_for(limit: int, cores: int, others: float) -> int:
+    """Threads to run when other processes keep `others` cores' worth busy: what is left of the
+    `cores`, rounded, at least one and at most the user's `limit`."""
+    return max(1, min(limit, int(cores - others + 0.5)))
+
+
+class ThreadGovernor:
+    """Sets PyTorch's thread count, at most `limit`, to the cores other processes leave free.
+
+    Call `adjust` between windows; it measures the time since the previous call (at least
+    `interval` seconds apart, so that a measure spans real work) and does nothing where the
+    machine's load cannot be read.
+    """
+
+    def __init__(self, limit: int, interval: float = 0.5) -> None:
+        self.limit = limit
+        self.interval = interval
+        self.cores = os.cpu_count() or 1
+        self.last = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float | None, float]:
+        return time.monotonic(), machine_busy_seconds(), time.process_time()
+
+    def adjust(self) -> None:
+        now = self._sample()
+        elapsed = now[0] - self.last[0]
+        if self.limit <= 1 or now[1] is None or self.last[1] is None or elapsed < self.interval:
+            return
+        others = max(0.0, (now[1] - self.last[1]) - (now[2] - self.last[2])) / elapsed
+        self.last = now
+        import torch
+
+        threads = threads_for(self.limit, self.cores, others)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)

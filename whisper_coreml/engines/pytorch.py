@@ -171,6 +171,8 @@ class TorchEngine:
         self.device = pick_device(device)
         if self.device.type == "cpu":
             openmp.warn_if_late()
+        # all of the user's threads while the cores are free, one while other processes hold them
+        self.threads = openmp.ThreadGovernor(torch.get_num_threads()) if self.device.type == "cpu" else None
         self.precision = resolve_precision(compute_type, self.device)
         self.dims = weights.dims
         with torch.device("meta"):  # no random initialisation to overwrite: large-v3 would need 6 GB more
@@ -217,6 +219,8 @@ class TorchEngine:
 
     @torch.inference_mode()
     def encode(self, mel: np.ndarray) -> list[KV]:
+        if self.threads is not None:
+            self.threads.adjust()  # once a window
         x = torch.from_numpy(np.ascontiguousarray(mel)).to(self.device, self.encoder_dtype)[None]
         return self.model.decoder.cross_kv(self.model.encoder(x).to(self.decoder_dtype))
 
