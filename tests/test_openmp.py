@@ -50,6 +50,16 @@ def test_governor_follows_the_load_of_other_processes(monkeypatch: pytest.Monkey
         torch.set_num_threads(before)
 
 
+def test_governor_ignores_what_others_did_while_we_waited(monkeypatch: pytest.MonkeyPatch) -> None:
+    samples = iter([(0.0, 100.0, 10.0), (10.0, 120.0, 10.5)])  # 10 s, others busy, we used 0.5 s
+    monkeypatch.setattr(openmp.ThreadGovernor, "_sample", staticmethod(lambda: next(samples)))
+    before = torch.get_num_threads()
+    governor = openmp.ThreadGovernor(limit=2)
+    governor.adjust()
+    assert torch.get_num_threads() == before
+    assert governor.last == (10.0, 120.0, 10.5)  # the next measure starts here
+
+
 def test_governor_waits_for_a_measure_worth_taking(monkeypatch: pytest.MonkeyPatch) -> None:
     samples = iter([(0.0, 100.0, 10.0), (0.1, 100.2, 10.0)])  # 0.1 s apart: too short to judge
     monkeypatch.setattr(openmp.ThreadGovernor, "_sample", staticmethod(lambda: next(samples)))

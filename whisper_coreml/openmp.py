@@ -95,8 +95,13 @@ class ThreadGovernor:
         elapsed = now[0] - self.last[0]
         if self.limit <= 1 or now[1] is None or self.last[1] is None or elapsed < self.interval:
             return
-        others = max(0.0, (now[1] - self.last[1]) - (now[2] - self.last[2])) / elapsed
+        ours = now[2] - self.last[2]
+        others = max(0.0, (now[1] - self.last[1]) - ours) / elapsed
         self.last = now
+        if ours < 0.5 * elapsed:
+            # We mostly waited (between a server's jobs, between a benchmark's turns): what others
+            # did meanwhile says nothing about the cores while we work.
+            return
         import torch
 
         threads = threads_for(self.limit, self.cores, others)
