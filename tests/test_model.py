@@ -94,7 +94,7 @@ def test_incremental_decoding_equals_full_pass(case: dict) -> None:
         for i in range(tokens.shape[1]):
             hidden, cache = decoder(tokens[:, i : i + 1], cross_kv, cache)
             steps.append(decoder.logits(hidden))
-        assert cache is not None and cache[0][0].shape[2] == tokens.shape[1]
+        assert cache is not None and cache[0].length == tokens.shape[1]
         torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=0)
         # uneven chunks: multi-token prompts after a cache exercise the causal mask's offset
         cache = None
@@ -140,6 +140,30 @@ def test_engine_session_equals_full_pass(case: dict, request: pytest.FixtureRequ
     assert batched.shape == (2, tokens.shape[1], full.shape[-1])
     np.testing.assert_allclose(batched[0], full, atol=1e-4, rtol=0)
     np.testing.assert_allclose(batched[1], full, atol=1e-4, rtol=0)
+
+
+def test_beams_sharing_the_prompt_decode_as_rows_alone(case: dict, request: pytest.FixtureRequest) -> None:
+    """A window's rows run its prompt once and attend to one shared copy (`LayerCache.prefix`):
+    each row's logits, through steps and reorders, equal that row decoded in a session of its own;
+    several rows at once also take the packed vocabulary projection, one row the blocked one."""
+    engine = request.getfixturevalue("tiny_model" if case["name"] == "tiny.en" else "base_model").engine
+    tokens = case["tokens"].numpy()
+    features = engine.encode(case["mel"][0].numpy())
+    prompt, rest = tokens[:, :6], tokens[0, 6:12]
+    beams = engine.decoder(features, batch_size=3)
+    beams.step(np.repeat(prompt, 3, axis=0))
+    assert beams.cache is not None and beams.cache[0].prefix[0].shape[0] == 1  # one copy for three rows
+    alone = [engine.decoder(features) for _ in range(3)]
+    for session in alone:
+        session.step(prompt)
+    for i, token in enumerate(rest):
+        order = [2, 0, 1] if i % 2 else [0, 1, 2]  # rows trade places as beams do
+        beams.reorder(order)
+        alone = [alone[r] for r in order]
+        chosen = np.array([[token], [token + 1 + i], [token + 7]])
+        together = beams.step(chosen)
+        for r, session in enumerate(alone):
+            np.testing.assert_allclose(together[r], session.step(chosen[r : r + 1])[0], atol=2e-4, rtol=0)
 
 
 def test_dims_of_the_packaged_models(tiny_weights: Weights, base_weights: Weights) -> None:

@@ -10,12 +10,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 KV = tuple[Tensor, Tensor]
+
+
+class LayerCache(NamedTuple):
+    """One decoder layer's self-attention keys/values: the first call's (`prefix`) and each row's since (`own`).
+
+    The prefix may hold one row per window, shared by that window's rows (window-major, as the
+    cross-attention keys/values): beams and samples start from the same prompt, up to 224
+    tokens, and then neither copy it row by row nor carry it through every step's
+    concatenation and reordering, only their own tokens.
+    """
+
+    prefix: KV
+    own: KV | None = None
+
+    @property
+    def length(self) -> int:
+        """Positions cached: the prefix's and the row's own."""
+        return self.prefix[0].shape[2] + (0 if self.own is None else self.own[0].shape[2])
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,32 @@ class MultiHeadAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(out.transpose(1, 2).flatten(2))
 
+    def attend_cached(self, x: Tensor, prefix: KV, own: KV, mask: Tensor | None = None) -> Tensor:
+        """Attention of `x`'s queries over a cache's `prefix` then each row's `own` keys, as one softmax.
+
+        The prefix holds one row per window or one per row (see `LayerCache`); `mask` is
+        additive over the prefix's positions followed by the own ones.
+        """
+        q = self.split_heads(self.query(x))
+        b, h, t, d = q.shape
+        kp, vp = prefix
+        w, p = kp.shape[0], kp.shape[2]
+        n = b // w
+
+        def by_window(y: Tensor) -> Tensor:  # (b, h, t, m) -> (w, h, n * t, m): a window's rows as one sequence
+            return y.view(w, n, h, t, y.shape[-1]).transpose(1, 2).reshape(w, h, n * t, y.shape[-1])
+
+        def by_row(y: Tensor) -> Tensor:  # the inverse
+            return y.view(w, h, n, t, y.shape[-1]).transpose(1, 2).reshape(b, h, t, y.shape[-1])
+
+        scores = torch.cat([by_row(by_window(q) @ kp.transpose(-1, -2)), q @ own[0].transpose(-1, -2)], dim=-1)
+        scores = scores * d**-0.5
+        if mask is not None:
+            scores = scores + mask.to(scores.dtype)
+        weights = scores.softmax(dim=-1)
+        out = by_row(by_window(weights[..., :p]) @ vp) + weights[..., p:] @ own[1]
+        return self.out(out.transpose(1, 2).flatten(2))
+
 
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm transformer block; decoder blocks add cross-attention over the audio."""
@@ -122,17 +167,22 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp_ln = LayerNorm(n_state)
 
     def forward(
-        self, x: Tensor, past: KV | None = None, cross_kv: KV | None = None, mask: Tensor | None = None
-    ) -> tuple[Tensor, KV]:
-        """The block's output and its self-attention keys/values (`past` ones first, if given)."""
+        self, x: Tensor, past: LayerCache | None = None, cross_kv: KV | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor, LayerCache]:
+        """The block's output and its self-attention cache: `past` with `x`'s keys/values added."""
         h = self.attn_ln(x)
         k, v = self.attn.project_kv(h)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        x = x + self.attn.attend(h, k, v, mask=mask)
+        if past is None:
+            x = x + self.attn.attend(h, k, v, mask=mask)
+            cache = LayerCache((k, v))
+        else:
+            if past.own is not None:
+                k, v = torch.cat([past.own[0], k], dim=2), torch.cat([past.own[1], v], dim=2)
+            x = x + self.attn.attend_cached(h, past.prefix, (k, v), mask=mask)
+            cache = LayerCache(past.prefix, (k, v))
         if self.cross_attn is not None and self.cross_attn_ln is not None and cross_kv is not None:
             x = x + self.cross_attn.attend(self.cross_attn_ln(x), *cross_kv)
-        return x + self.mlp(self.mlp_ln(x)), (k, v)
+        return x + self.mlp(self.mlp_ln(x)), cache
 
 
 class AudioEncoder(nn.Module):
@@ -158,7 +208,7 @@ class AudioEncoder(nn.Module):
 class TextDecoder(nn.Module):
     """Tokens -> next-token logits, with the self-attention cache passed in and returned.
 
-    The cache is one (k, v) pair per layer, each (B, n_head, T_past, head_dim); the
+    The cache is one `LayerCache` per layer, its tensors (rows, n_head, positions, head_dim); the
     cross-attention keys and values come from `cross_kv` once per 30-s window.
     """
 
@@ -190,8 +240,8 @@ class TextDecoder(nn.Module):
         return self.ln(x).float() @ self.token_embedding.weight.float().T
 
     def forward(
-        self, tokens: Tensor, cross_kv: list[KV], cache: list[KV] | None = None, padding: Tensor | None = None
-    ) -> tuple[Tensor, list[KV]]:
+        self, tokens: Tensor, cross_kv: list[KV], cache: list[LayerCache] | None = None, padding: Tensor | None = None
+    ) -> tuple[Tensor, list[LayerCache]]:
         """Hidden states (B, T, n_state) for `tokens` following the `cache`d positions, and the new cache.
 
         The vocabulary projection is left to `logits`, so callers pay for it only at the
@@ -199,7 +249,7 @@ class TextDecoder(nn.Module):
         windows whose prompts differ in length decode as one batch: a row's positions count
         from its first real token, and no real token attends to filler.
         """
-        offset = 0 if cache is None else cache[0][0].shape[2]
+        offset = 0 if cache is None else cache[0].length
         t = tokens.shape[-1]
         mask = None
         if padding is None:
@@ -218,7 +268,7 @@ class TextDecoder(nn.Module):
             hidden |= keys[None, None] > queries[None, :, None]  # causal
             mask = torch.zeros(hidden.shape, dtype=x.dtype, device=tokens.device).masked_fill_(hidden, float("-inf"))
             mask = mask[:, None]
-        new_cache: list[KV] = []
+        new_cache: list[LayerCache] = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, None if cache is None else cache[i], cross_kv[i], mask)
             new_cache.append(kv)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .. import openmp
 from ..errors import ModelError
-from ..model import KV, LayerNorm, Whisper, default_alignment_heads
+from ..model import KV, LayerCache, LayerNorm, Whisper, default_alignment_heads
 from ..weights import Weights
 from .precision import resolve_precision
 from .quantize import FEW_ROWS, MANY_ROWS, Int8Linear, kernel_library, quantize_linears
@@ -37,28 +37,46 @@ def pick_device(device: str | None) -> torch.device:
 
 
 class BlockedProjection:
-    """The vocabulary projection as a batch of column blocks, so it runs on every CPU thread.
+    """The float32 vocabulary projection on the CPU: one hidden row as a batch of column blocks, several through oneDNN.
 
-    A decoding step projects one hidden row onto the whole vocabulary (80 MB of fp32 weights
-    for tiny): memory-bound, and PyTorch's CPU backend runs such a one-row product on a single
-    core. Viewing the (n_state, n_vocab) matrix as `threads` column blocks turns it into a
-    batched product, which PyTorch spreads over its own threads: a step's projection takes
-    half the time on two cores. The blocks are views of the embedding's own storage.
+    A decoding step projects its rows onto the whole vocabulary (80 MB of weights for tiny):
+    memory-bound, and PyTorch's CPU backend runs a one-row product on a single core. Viewing the
+    (n_state, n_vocab) matrix as `threads` column blocks turns it into a batched product, which
+    PyTorch spreads over its threads: half the time on two cores. The blocks are views of the
+    embedding's own storage. For several rows (beams, samples, batched windows) the same
+    layout is 1.6-1.9x slower than a copy of the weights in oneDNN's own blocked layout (`packed`,
+    same results); that copy costs the model's embedding size in memory again, and one row reads
+    it slower than the blocks, so it serves only the calls of several rows.
     """
 
-    def __init__(self, model: Whisper, storage: Tensor, threads: int) -> None:
+    def __init__(self, model: Whisper, storage: Tensor, threads: int, packed: Tensor | None) -> None:
         self.norm = model.decoder.ln
         self.n_vocab = model.dims.n_vocab
         n_state, padded = storage.shape
         self.blocks = storage.view(n_state, threads, padded // threads).permute(1, 0, 2)
+        self.packed = packed
 
     def __call__(self, hidden: Tensor) -> Tensor:
         h = self.norm(hidden).float()
         rows = h.reshape(-1, h.shape[-1])
-        n = self.blocks.shape[0]
-        out = torch.bmm(rows.expand(n, *rows.shape), self.blocks)  # (blocks, rows, block width)
-        logits = out.permute(1, 0, 2).reshape(rows.shape[0], -1)[:, : self.n_vocab]
+        if self.packed is not None and rows.shape[0] > 1:
+            logits = torch.ops.mkldnn._linear_pointwise(rows, self.packed, None, "none", [], "")
+        else:
+            n = self.blocks.shape[0]
+            out = torch.bmm(rows.expand(n, *rows.shape), self.blocks)  # (blocks, rows, block width)
+            logits = out.permute(1, 0, 2).reshape(rows.shape[0], -1)[:, : self.n_vocab]
         return logits.reshape(*h.shape[:-1], self.n_vocab)
+
+
+def pack_for_onednn(weight: Tensor, rows: int = 5) -> Tensor | None:
+    """`weight` (out, in) in oneDNN's blocked layout for products of about `rows` rows (the beam
+    size), or None where this PyTorch has no oneDNN for the CPU."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight.float(), rows)
+    except (AttributeError, RuntimeError):  # a PyTorch without the (internal) packing operator
+        return None
 
 
 class Projection:
@@ -97,7 +115,7 @@ def _convert(half: nn.Module, fmt: str, rows: str, many_rows: tuple[str, ...] = 
 
 
 class TorchSession:
-    """A decoder session whose self-attention cache grows by concatenation; `reorder` selects its rows.
+    """A decoder session over `model.LayerCache`s: the first step's keys/values, then each row's own.
 
     Over a batch of windows the cross-attention keys/values hold one entry per window and the
     rows are window-major, `rows` per window (see `MultiHeadAttention.attend`); `padding` is
@@ -111,18 +129,19 @@ class TorchSession:
         self.cross_kv = cross_kv
         self.logits = logits
         self.padding = padding
-        self.cache: list[KV] | None = None
+        self.cache: list[LayerCache] | None = None
+        self.rows = 0  # rows decoded, all windows together
 
     @torch.inference_mode()
     def step(self, tokens: np.ndarray, positions: Sequence[int] | np.ndarray = (-1,)) -> np.ndarray:
         device = self.cross_kv[0][0].device
         at = np.asarray(positions)
         copies = self._copies(tokens)
+        self.rows = tokens.shape[0]
         if copies > 1:
-            # Every window's rows start alike (beams, samples): run each window's prompt once and
-            # copy the result, instead of the whole prompt (up to 224 tokens) once per beam.
+            # Every window's rows start alike (beams, samples): its prompt (up to 224 tokens) runs
+            # once, and the cache keeps it once as the prefix all of the window's rows attend to.
             logits = self._step(tokens[::copies], at[::copies] if at.ndim == 2 else at, device)
-            self.cache = [(k.repeat_interleave(copies, 0), v.repeat_interleave(copies, 0)) for k, v in self.cache]
             return np.repeat(logits, copies, axis=0)
         return self._step(tokens, at, device)
 
@@ -147,19 +166,30 @@ class TorchSession:
 
     @torch.inference_mode()
     def reorder(self, rows: Sequence[int]) -> None:
-        if self.cache is None or list(rows) == list(range(self.cache[0][0].shape[0])):
+        rows = list(rows)
+        if self.cache is None or rows == list(range(self.rows)):
             return
         device = self.cross_kv[0][0].device
         n_windows = self.cross_kv[0][0].shape[0]
-        per_window = self.cache[0][0].shape[0] // n_windows
+        per_window = self.rows // n_windows
         windows = [r // per_window for r in rows[::per_window]]
-        if windows != list(range(n_windows)):  # finished windows leave the batch
-            keep = torch.tensor(windows, device=device)
-            self.cross_kv = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in self.cross_kv]
-        index = torch.tensor(list(rows), device=device)
-        self.cache = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cache]
+        index = torch.tensor(rows, device=device)
+        kept = None if windows == list(range(n_windows)) else torch.tensor(windows, device=device)
+        if kept is not None:  # finished windows leave the batch
+            self.cross_kv = [(k.index_select(0, kept), v.index_select(0, kept)) for k, v in self.cross_kv]
+        # a prefix of one row a window follows the windows; one of a row for every row, the rows
+        prefix_rows = kept if self.cache[0].prefix[0].shape[0] == n_windows else index
+        self.cache = [_select(c, prefix_rows, index) for c in self.cache]
         if self.padding is not None:
             self.padding = self.padding.index_select(0, index)
+        self.rows = len(rows)
+
+
+def _select(cache: LayerCache, prefix_rows: Tensor | None, rows: Tensor) -> LayerCache:
+    """`cache` with its prefix's `prefix_rows` (None: all) and its own keys/values' `rows`."""
+    prefix = cache.prefix if prefix_rows is None else (*(t.index_select(0, prefix_rows) for t in cache.prefix),)
+    own = None if cache.own is None else (*(t.index_select(0, rows) for t in cache.own),)
+    return LayerCache(prefix, own)  # type: ignore[arg-type]
 
 
 class TorchEngine:
@@ -206,15 +236,17 @@ class TorchEngine:
             return Projection(decoder.ln, Int8Linear(embedding.weight, None, kernel_library(FEW_ROWS), per_row=True))
         # Store the tied embedding column-major: the per-token vocabulary projection then reads
         # contiguous memory (twice as fast on CPU), and token lookups barely notice. On a
-        # multi-core CPU the columns are padded to a whole number of blocks (BlockedProjection).
+        # CPU the columns are padded to a whole number of blocks, one a thread (BlockedProjection).
         n_vocab, n_state = embedding.weight.shape
         dtype = self.decoder_dtype
-        threads = torch.get_num_threads() if self.device.type == "cpu" and dtype == torch.float32 else 1
+        on_cpu = self.device.type == "cpu" and dtype == torch.float32
+        threads = torch.get_num_threads() if on_cpu else 1
+        packed = pack_for_onednn(embedding.weight.detach()) if on_cpu else None
         storage = torch.zeros(n_state, -(-n_vocab // threads) * threads, dtype=dtype, device=self.device)
         storage[:, :n_vocab] = embedding.weight.detach().T
         embedding.weight = nn.Parameter(storage[:, :n_vocab].T, requires_grad=False)
-        if threads > 1:
-            return BlockedProjection(self.model, storage, threads)
+        if on_cpu:
+            return BlockedProjection(self.model, storage, threads, packed)
         return Projection(decoder.ln, storage[:, :n_vocab])
 
     @torch.inference_mode()
