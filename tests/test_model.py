@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 
+import whisper_coreml as wc
 from whisper_coreml.audio import MelSource
 from whisper_coreml.model import ModelDimensions, Whisper
 from whisper_coreml.tokenizer import Tokenizer
@@ -164,6 +166,22 @@ def test_beams_sharing_the_prompt_decode_as_rows_alone(case: dict, request: pyte
         together = beams.step(chosen)
         for r, session in enumerate(alone):
             np.testing.assert_allclose(together[r], session.step(chosen[r : r + 1])[0], atol=2e-4, rtol=0)
+
+
+def test_packed_projection_equals_the_column_blocks(tiny_model: wc.WhisperModel) -> None:
+    """Several rows take oneDNN's packed copy of the vocabulary projection, one row the column
+    blocks: both give the same logits (and without the packed copy, the blocks serve every call)."""
+    projection = tiny_model.engine.logits
+    if projection.packed is None:
+        pytest.skip("this PyTorch has no oneDNN packing for this CPU")
+    hidden = torch.randn(5, 2, tiny_model.engine.dims.n_text_state)
+    blocks_only = copy.copy(projection)
+    blocks_only.packed = None
+    with torch.inference_mode():
+        packed = projection(hidden)
+        assert packed.shape == (5, 2, tiny_model.engine.dims.n_vocab)
+        torch.testing.assert_close(packed, blocks_only(hidden), atol=1e-4, rtol=0)
+        torch.testing.assert_close(projection(hidden[:1, :1]), packed[:1, :1], atol=1e-4, rtol=0)
 
 
 def test_dims_of_the_packaged_models(tiny_weights: Weights, base_weights: Weights) -> None:

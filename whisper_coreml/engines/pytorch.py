@@ -70,13 +70,15 @@ class BlockedProjection:
 
 def pack_for_onednn(weight: Tensor, rows: int = 5) -> Tensor | None:
     """`weight` (out, in) in oneDNN's blocked layout for products of about `rows` rows (the beam
-    size), or None where this PyTorch has no oneDNN for the CPU."""
+    size), or None where this PyTorch has no oneDNN for the CPU, or its kernel does not run here."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._reorder_linear_weight(weight.float(), rows)
-    except (AttributeError, RuntimeError):  # a PyTorch without the (internal) packing operator
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.float(), rows)
+        torch.ops.mkldnn._linear_pointwise(torch.zeros(2, weight.shape[1]), packed, None, "none", [], "")
+    except (AttributeError, RuntimeError):  # internal operators: a PyTorch or CPU without them
         return None
+    return packed
 
 
 class Projection:
