@@ -15,7 +15,7 @@ import whisper_coreml as wc
 from whisper_coreml.engines import COMPUTE_TYPES, check_compute_type
 from whisper_coreml.engines import precision as precision_module
 from whisper_coreml.engines.precision import cpu_has_bfloat16, resolve_precision
-from whisper_coreml.engines.quantize import Int8Linear
+from whisper_coreml.engines.quantize import MIN_FEW_ROW_WEIGHTS, Int8Linear
 from whisper_coreml.errors import ModelError
 from whisper_coreml.model import LayerNorm
 from whisper_coreml.settings import Choices, build_settings
@@ -106,11 +106,17 @@ def test_layers_are_in_the_formats_the_type_names(
     assert engine.compute_type == compute_type
     expected = {"int8": ("int8", "int8"), "bfloat16": ("bfloat16", "float32"), "int8_bfloat16": ("bfloat16", "int8")}
     assert (formats["encoder"], formats["decoder"]) == expected[compute_type]  # bfloat16 only where it pays
+    if formats["decoder"] == "int8":
+        assert isinstance(engine.logits.weight, Int8Linear)  # the vocabulary projection, the largest layer
     for half, fmt in formats.items():
         module = getattr(engine.model, half)
         linears = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
         if fmt == "int8":
-            assert all(isinstance(m, Int8Linear) for m in linears)
+            assert any(isinstance(m, Int8Linear) for m in linears)
+            for name, m in module.named_modules():
+                if isinstance(m, torch.nn.Linear):  # int8 where it pays: only small few-row layers stay float32
+                    assert half == "decoder" and not name.endswith(("cross_attn.key", "cross_attn.value")), name
+                    assert m.weight.numel() < MIN_FEW_ROW_WEIGHTS and m.weight.dtype == torch.float32, name
         else:
             assert all(m.weight.dtype == getattr(torch, fmt) for m in linears)
         norms = [p for m in module.modules() if isinstance(m, LayerNorm) for p in m.parameters()]

@@ -7,9 +7,11 @@ time on tiny.en here). The decoder runs one token at a time: memory-bound, so sm
 
 `auto` is the fastest type whose word error rate stayed within 0.3 points of float32's on the
 benchmark sets (benchmarks/README.md): float32 on the CPU, float16 on GPUs. int8 is 1.3x faster
-on the CPU and as accurate on short clips (-0.2 to -0.5 points on `en/`), but 0.4-0.7 points
-worse on `long/` (tiny.en, greedy and beam 5); int8_bfloat16 was faster still, but a repetition
-loop on one long file (base, greedy) put it 5 points above float32. Both are a flag away.
+on the CPU and as accurate on short clips (-0.2 to -0.5 points on `en/`); it was 0.4-0.7 points
+worse on `long/` (tiny.en, greedy and beam 5) while tiny's small decoder layers were int8 too,
+and level with float32 there since they stay float32 (beam 5; greedy and base not yet measured
+again, so auto waits). int8_bfloat16 was faster still, but a repetition loop on one long file
+(base, greedy) put it 5 points above float32. Both are a flag away.
 """
 
 from __future__ import annotations
