@@ -124,9 +124,9 @@ def test_layers_are_in_the_formats_the_type_names(
 
 
 def test_what_auto_and_the_default_mean_where() -> None:
-    assert (
-        resolve_precision("auto", CPU).name == "float32"
-    )  # int8 lost 0.4-0.7 WER points on long/: benchmarks/README.md
+    # int8 lost 0.4-0.7 WER points on long/, then none with tiny's small layers float32 (beam 5);
+    # greedy and base are not measured again yet: benchmarks/README.md
+    assert resolve_precision("auto", CPU).name == "float32"
     assert resolve_precision(None, CPU).name == "float32"  # openai-whisper's, the Python API's default
     for gpu in ("cuda", "mps"):
         assert resolve_precision("auto", torch.device(gpu)).name == "float16"
