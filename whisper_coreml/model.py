@@ -87,6 +87,20 @@ class LayerNorm(nn.LayerNorm):
         return super().forward(x.float()).type(x.dtype)
 
 
+def by_window(y: Tensor, windows: int) -> Tensor:
+    """(rows, heads, t, m) -> (windows, heads, n * t, m): a window's n rows (window-major) as one sequence."""
+    b, h, t, m = y.shape
+    n = b // windows
+    return y.view(windows, n, h, t, m).transpose(1, 2).reshape(windows, h, n * t, m)
+
+
+def by_row(y: Tensor, rows: int) -> Tensor:
+    """The inverse of `by_window`: (windows, heads, n * t, m) -> (rows, heads, t, m)."""
+    w, h, nt, m = y.shape
+    n = rows // w
+    return y.view(w, h, n, nt // n, m).transpose(1, 2).reshape(rows, h, nt // n, m)
+
+
 class MultiHeadAttention(nn.Module):
     """Attention whose keys and values are passed in, so callers own every cache."""
 
@@ -114,11 +128,9 @@ class MultiHeadAttention(nn.Module):
             # Several sequences over each window's audio (beams, best_of samples, or the rows of
             # a batch of windows, window-major): a window's queries share its keys, so they
             # attend as one sequence of n*T queries instead of copying the keys n times.
-            b, h, t, d = q.shape
-            w, n = k.shape[0], b // k.shape[0]
-            grouped = q.view(w, n, h, t, d).transpose(1, 2).reshape(w, h, n * t, d)
-            out = F.scaled_dot_product_attention(grouped, k, v)
-            return self.out(out.view(w, h, n, t, d).permute(0, 2, 3, 1, 4).reshape(b, t, h * d))
+            w = k.shape[0]
+            out = by_row(F.scaled_dot_product_attention(by_window(q, w), k, v), q.shape[0])
+            return self.out(out.transpose(1, 2).flatten(2))
         if q.shape[2] == 1:
             # One query per step while decoding: plain matmuls beat the fused kernel's setup cost.
             scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
@@ -134,23 +146,13 @@ class MultiHeadAttention(nn.Module):
         additive over the prefix's positions followed by the own ones.
         """
         q = self.split_heads(self.query(x))
-        b, h, t, d = q.shape
-        kp, vp = prefix
-        w, p = kp.shape[0], kp.shape[2]
-        n = b // w
-
-        def by_window(y: Tensor) -> Tensor:  # (b, h, t, m) -> (w, h, n * t, m): a window's rows as one sequence
-            return y.view(w, n, h, t, y.shape[-1]).transpose(1, 2).reshape(w, h, n * t, y.shape[-1])
-
-        def by_row(y: Tensor) -> Tensor:  # the inverse
-            return y.view(w, h, n, t, y.shape[-1]).transpose(1, 2).reshape(b, h, t, y.shape[-1])
-
-        scores = torch.cat([by_row(by_window(q) @ kp.transpose(-1, -2)), q @ own[0].transpose(-1, -2)], dim=-1)
-        scores = scores * d**-0.5
+        b, w, p = q.shape[0], prefix[0].shape[0], prefix[0].shape[2]
+        shared = by_row(by_window(q, w) @ prefix[0].transpose(-1, -2), b)
+        scores = torch.cat([shared, q @ own[0].transpose(-1, -2)], dim=-1) * q.shape[-1] ** -0.5
         if mask is not None:
             scores = scores + mask.to(scores.dtype)
         weights = scores.softmax(dim=-1)
-        out = by_row(by_window(weights[..., :p]) @ vp) + weights[..., p:] @ own[1]
+        out = by_row(by_window(weights[..., :p], w) @ prefix[1], b) + weights[..., p:] @ own[1]
         return self.out(out.transpose(1, 2).flatten(2))
 
 
