@@ -9,9 +9,13 @@ thread the scheduler has parked while its partners spin through their time slice
 file took 24.5 s (an 11-s clip once took 25 s instead of 1.3 s). One thread has no regions to
 wait on: 9.1 s beside the busy process, better than any two-thread setting there.
 
-So threads spin as libgomp likes, and `ThreadGovernor` measures, between windows, how much of
-the machine other processes use (/proc/stat's busy time minus our own CPU time) and runs all
-the threads the user allowed while the cores are free, one while another process holds one.
+So threads spin as libgomp likes, and `ThreadGovernor` measures, while a window's encoder runs,
+how much of the machine other processes use (/proc/stat's busy time minus our own CPU time) and
+runs all the threads the user allowed while the cores are free, one while another process holds
+one. Only spans of our own work are measured: a span that took in our waiting (between a
+server's jobs, or a benchmark's turns) counted what others did while we slept, and once that
+had set one thread, a process idle half of the time never measured again (bench.py's round
+robin ran ours on one thread for 34 of 36 clips).
 
 Where that cannot be measured (no /proc/stat: macOS, whose LLVM libomp spins for 200 ms),
 `configure` has idle threads sleep at once instead. The runtimes read that setting once, when
@@ -25,6 +29,8 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 PROC_STAT = Path("/proc/stat")
@@ -75,35 +81,36 @@ def threads_for(limit: int, cores: int, others: float) -> int:
 class ThreadGovernor:
     """Sets PyTorch's thread count, at most `limit`, to the cores other processes leave free.
 
-    Call `adjust` between windows; it measures the time since the previous call (at least
-    `interval` seconds apart, so that a measure spans real work) and does nothing where the
-    machine's load cannot be read.
+    Wrap a stretch of our own work in `measure` (the engine wraps each window's encoder): what
+    other processes did meanwhile sets the threads for the work that follows. Stretches add up
+    until they span `interval` seconds (shorter is too coarse for /proc/stat's 10-ms ticks);
+    where the machine's load cannot be read, nothing changes.
     """
 
-    def __init__(self, limit: int, interval: float = 0.5) -> None:
+    def __init__(self, limit: int, interval: float = 0.2) -> None:
         self.limit = limit
         self.interval = interval
         self.cores = os.cpu_count() or 1
-        self.last = self._sample()
+        self.measured = (0.0, 0.0, 0.0)  # wall, machine busy and our CPU seconds not yet judged
 
     @staticmethod
     def _sample() -> tuple[float, float | None, float]:
         return time.monotonic(), machine_busy_seconds(), time.process_time()
 
-    def adjust(self) -> None:
-        now = self._sample()
-        elapsed = now[0] - self.last[0]
-        if self.limit <= 1 or now[1] is None or self.last[1] is None or elapsed < self.interval:
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        start = self._sample()
+        yield
+        end = self._sample()
+        if self.limit <= 1 or start[1] is None or end[1] is None:
             return
-        ours = now[2] - self.last[2]
-        others = max(0.0, (now[1] - self.last[1]) - ours) / elapsed
-        self.last = now
-        if ours < 0.5 * elapsed:
-            # We mostly waited (between a server's jobs, between a benchmark's turns): what others
-            # did meanwhile says nothing about the cores while we work.
+        wall, busy, ours = (a + (b - c) for a, b, c in zip(self.measured, end, start, strict=True))  # type: ignore[operator]
+        if wall < self.interval:
+            self.measured = (wall, busy, ours)
             return
+        self.measured = (0.0, 0.0, 0.0)
         import torch
 
-        threads = threads_for(self.limit, self.cores, others)
+        threads = threads_for(self.limit, self.cores, max(0.0, busy - ours) / wall)
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)

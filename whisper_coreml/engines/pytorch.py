@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -253,10 +254,10 @@ class TorchEngine:
 
     @torch.inference_mode()
     def encode(self, mel: np.ndarray) -> list[KV]:
-        if self.threads is not None:
-            self.threads.adjust()  # once a window
         x = torch.from_numpy(np.ascontiguousarray(mel)).to(self.device, self.encoder_dtype)[None]
-        return self.model.decoder.cross_kv(self.model.encoder(x).to(self.decoder_dtype))
+        # the encoder's time is ours alone: what others do meanwhile sets the threads (openmp.py)
+        with self.threads.measure() if self.threads is not None else contextlib.nullcontext():
+            return self.model.decoder.cross_kv(self.model.encoder(x).to(self.decoder_dtype))
 
     def decoder(self, features: list[KV], batch_size: int = 1) -> TorchSession:
         # The cross-attention keys/values stay batch 1 for any batch: attention shares them.
