@@ -6,12 +6,15 @@ time on tiny.en here). The decoder runs one token at a time: memory-bound, so sm
 (int8: 0.5-0.7x per step), while bfloat16's one-row products are slower than float32's on the CPU.
 
 `auto` is the fastest type whose word error rate stayed within 0.3 points of float32's on the
-benchmark sets (benchmarks/README.md): float32 on the CPU, float16 on GPUs. int8 is 1.3x faster
-on the CPU and as accurate on short clips (-0.2 to -0.5 points on `en/`); it was 0.4-0.7 points
-worse on `long/` (tiny.en, greedy and beam 5) while tiny's small decoder layers were int8 too,
-and level with float32 there since they stay float32 (beam 5; greedy and base not yet measured
-again, so auto waits). int8_bfloat16 was faster still, but a repetition loop on one long file
-(base, greedy) put it 5 points above float32. Both are a flag away.
+benchmark sets (benchmarks/README.md, bench.py): int8 on the CPU, float16 on GPUs. On this
+project's 2-core Xeon, tiny.en and base, greedy and beam 5, `en/` and `long/`, int8 took
+0.47-0.82x float32's time (but 1.26x once: tiny.en greedy on `long/`, where int8 fell into a
+repetition loop on one file that the temperature fallback decoded again), and its WER moved
+-1.54 to +0.28 points (+0.28 twice, `long/` greedy; its losses of 0.4-0.7 points there went
+once tiny's small decoder layers stayed float32, quantize.py). A CPU whose PyTorch lacks the
+int8 kernels runs float32. None, the Python API's default, stays float32 as openai-whisper's:
+its text, word for word. int8_bfloat16 was faster still, but a repetition loop on one long
+file (base, greedy) put it 5 points above float32; it is a flag away.
 """
 
 from __future__ import annotations
@@ -55,15 +58,15 @@ def cpu_has_bfloat16() -> bool:
 def resolve_precision(compute_type: str | None, device: torch.device) -> Precision:
     """The formats `compute_type` runs in on `device`; a combination this machine cannot run is a ModelError.
 
-    None is openai-whisper's choice: float32 on the CPU, float16 on GPUs; so is `auto`, as
-    measured (see the module doc).
+    None is openai-whisper's choice: float32 on the CPU, float16 on GPUs; `auto` is int8 on
+    the CPU where PyTorch has its kernels, as measured (see the module doc).
     """
     name = compute_type or ("float32" if device.type == "cpu" else "float16")
     if name not in COMPUTE_TYPES:
         raise ModelError(f"--compute-type {name}: choose one of {', '.join(COMPUTE_TYPES)}")
     if device.type == "cpu":
         if name == "auto":
-            name = "float32"
+            name = "int8" if int8_available() else "float32"
         if name == "float16":
             raise ModelError(
                 "--compute-type float16: not offered on the CPU (no faster than float32 there, and less accurate); "
