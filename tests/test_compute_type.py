@@ -133,6 +133,20 @@ def test_what_auto_and_the_default_mean_where() -> None:
         assert resolve_precision(None, torch.device(gpu)).name == "float16"
 
 
+def test_the_parity_flags_load_openai_whispers_float32() -> None:
+    """`auto` is int8 on a CPU, but greedy without VAD (issue 10's parity mode) asks the engine
+    for openai-whisper's own choice; an explicit type is what the user gets, and the key keeps
+    the choice as given."""
+    parity = build_settings("tiny.en", Choices(beam_size=1, vad=False))
+    assert parity.compute_type_to_load is None and parity.compute_type == "auto"
+    assert resolve_precision(parity.compute_type_to_load, CPU).name == "float32"
+    assert build_settings("tiny.en", Choices()).compute_type_to_load == "auto"
+    assert build_settings("tiny.en", Choices(beam_size=1)).compute_type_to_load == "auto"  # VAD on: not parity
+    assert (
+        build_settings("tiny.en", Choices(beam_size=1, vad=False, compute_type="int8")).compute_type_to_load == "int8"
+    )
+
+
 def test_what_a_machine_cannot_run_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     cases = {
         ("float16", CPU): "not offered on the CPU",

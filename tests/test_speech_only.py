@@ -156,7 +156,7 @@ def test_parity_mode_equals_openai_greedy(
     the defaults are."""
     import json
 
-    parity = ("--beam-size", "1", "--no-vad")  # the issue's parity flags: float32 is the CPU's default
+    parity = ("--beam-size", "1", "--no-vad")  # the issue's parity flags: under them `auto` is float32
     result = run(speech(name), *parity, "--format", "json", "-o", tmp_path, "-q")
     assert result.returncode == 0, result.stderr
     ours = json.loads(next(tmp_path.glob("*.json")).read_text())

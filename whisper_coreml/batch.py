@@ -94,6 +94,15 @@ class Settings:
     with_media: bool = False
     compute_type: str = "auto"
 
+    @property
+    def compute_type_to_load(self) -> str | None:
+        """What the engine is asked for. `auto` with openai-whisper's own decoding (greedy, no VAD:
+        the parity mode) is None, openai-whisper's float32 on a CPU, so that the parity flags
+        alone still give its text word for word; elsewhere `auto` is the engine's pick (int8 on
+        a CPU, engines/precision.py)."""
+        parity = self.transcription.beam_size is None and self.transcription.vad is None
+        return None if self.compute_type == "auto" and parity else self.compute_type
+
     def transcription_key(self) -> str:
         return settings_key(
             {"model": self.model, "options": asdict(self.transcription), "compute_type": self.compute_type}

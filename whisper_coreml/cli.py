@@ -286,7 +286,9 @@ def transcribe_command(
         from .api import load_model  # torch: only when an input needs transcribing
 
         say = (lambda line: None) if quiet else (lambda line: stderr.print(line, markup=False, soft_wrap=True))
-        whisper = load_model(model, engine=engine, device=device, progress=say, compute_type=compute_type)
+        whisper = load_model(
+            model, engine=engine, device=device, progress=say, compute_type=settings.compute_type_to_load
+        )
         whisper.options(settings.transcription)  # refuses, e.g., German for an English-only model
         return whisper
 
@@ -301,7 +303,7 @@ def transcribe_command(
             if cluster is not None:
                 from .cluster import ModelSpec, run_cluster
 
-                spec = ModelSpec(name, engine, device, compute_type)
+                spec = ModelSpec(name, engine, device, settings.compute_type_to_load)
                 result = run_cluster(jobs, cluster_spec, spec, settings, overwrite, presenter.event, batch_size)
             else:
                 result = run_batch(jobs, load, settings, overwrite, presenter.event, batch_size)

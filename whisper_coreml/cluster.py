@@ -91,7 +91,7 @@ class ModelSpec:
     model: str | None
     engine: str = "auto"
     device: str | None = None
-    compute_type: str = "auto"
+    compute_type: str | None = "auto"
 
     def load(self, settings: Settings) -> WhisperModel:
         from .api import load_model
