@@ -123,6 +123,35 @@ def test_layers_are_in_the_formats_the_type_names(
         assert norms and all(p.dtype == torch.float32 for p in norms)
 
 
+def test_int8_keeps_cross_attention_keys_in_bfloat16_where_the_cpu_has_it(
+    model_in: Callable[[str], wc.WhisperModel], speech: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step reads a window's cross-attention keys/values whole: under int8 they are kept in
+    bfloat16 where the CPU computes in it, and attention over them stays float32's to bfloat16's
+    rounding, its result in float32."""
+    with monkeypatch.context() as patch:
+        patch.setattr(precision_module, "cpu_has_bfloat16", lambda: False)
+        assert resolve_precision("int8", CPU).cross_kv is None
+        patch.setattr(precision_module, "cpu_has_bfloat16", lambda: True)
+        assert resolve_precision("int8", CPU).cross_kv == "bfloat16"
+        assert resolve_precision("float32", CPU).cross_kv is None
+    if not cpu_has_bfloat16():
+        pytest.skip("no native bfloat16 on this CPU: int8 keeps them float32")
+    from whisper_coreml.audio import MelSource
+
+    engine = model_in("int8").engine
+    with MelSource.from_file(speech(CLIPS[2]), engine.dims.n_mels) as source:
+        kv = engine.encode(source.window(0))
+    assert all(k.dtype == v.dtype == torch.bfloat16 for k, v in kv)
+    attention = engine.model.decoder.blocks[0].cross_attn
+    x = torch.randn(5, 1, engine.dims.n_text_state)
+    with torch.inference_mode():
+        ours = attention.attend(x, *kv[0])
+        full = attention.attend(x, kv[0][0].float(), kv[0][1].float())
+    assert ours.dtype == torch.float32
+    assert torch.allclose(ours, full, rtol=0.02, atol=0.02 * full.abs().max().item())
+
+
 def test_what_auto_and_the_default_mean_where() -> None:
     # int8 stays within 0.3 WER points of float32 (tiny.en and base, greedy and beam 5, en/ and
     # long/: benchmarks/README.md); the API's default stays openai-whisper's float32
