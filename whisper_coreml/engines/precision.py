@@ -36,7 +36,7 @@ class Precision:
     (None: the decoder's activations'). Every step reads them whole (18 MB a window for tiny.en
     in float32), one window per row group, so batching does not share them as it shares
     weights; under int8 on a CPU with native bfloat16 they are kept in bfloat16, where PyTorch's
-    fused attention also runs 1.3-2.8x faster than in float32 (1 to 35 queries over 1500 keys).
+    fused attention also runs 1.1-2.8x faster than in float32 (1 to 35 queries over 1500 keys).
     """
 
     name: str
