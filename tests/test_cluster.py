@@ -104,12 +104,29 @@ def local_outputs(inputs: tuple[Path, set[str], dict[str, str]], tmp_path_factor
     return out
 
 
+def same_values(ours: object, theirs: object) -> bool:
+    """Equal JSON values, floats within 2e-3: enough for a word time (0.01-s steps) to count."""
+    if isinstance(ours, float) or isinstance(theirs, float):
+        return isinstance(ours, int | float) and isinstance(theirs, int | float) and abs(ours - theirs) <= 2e-3
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        return ours.keys() == theirs.keys() and all(same_values(ours[k], theirs[k]) for k in ours)
+    if isinstance(ours, list) and isinstance(theirs, list):
+        return len(ours) == len(theirs) and all(same_values(a, b) for a, b in zip(ours, theirs, strict=True))
+    return ours == theirs
+
+
 def assert_same_outputs(out: Path, expected: Path, good: set[str]) -> None:
+    """Subtitles byte for byte; the JSON's probabilities to their last digits or so: Ray gives
+    each worker its own thread count and the governor follows the load, and one thread and two
+    round PyTorch's sums differently (an average log probability moved -0.3771 -> -0.3773)."""
     names = visible_outputs(expected)
     assert names == {str(Path(n).with_suffix(ext)) for n in good for ext in (".srt", ".json")}
     assert visible_outputs(out) == names
     for name in names:
-        assert (out / name).read_bytes() == (expected / name).read_bytes(), name
+        if name.endswith(".json"):
+            assert same_values(json.loads((out / name).read_text()), json.loads((expected / name).read_text())), name
+        else:
+            assert (out / name).read_bytes() == (expected / name).read_bytes(), name
 
 
 def leftovers(folder: Path) -> list[str]:
