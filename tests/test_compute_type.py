@@ -123,25 +123,36 @@ def test_layers_are_in_the_formats_the_type_names(
         assert norms and all(p.dtype == torch.float32 for p in norms)
 
 
-def test_int8_keeps_cross_attention_keys_in_bfloat16_where_the_cpu_has_it(
+def test_int8_attends_to_the_audio_in_bfloat16_where_the_cpu_has_it(
     model_in: Callable[[str], wc.WhisperModel], speech: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each step reads a window's cross-attention keys/values whole: under int8 they are kept in
-    bfloat16 where the CPU computes in it, and attention over them stays float32's to bfloat16's
-    rounding, its result in float32."""
+    """Attention over the 1500 audio frames (the encoder's own, and each step's cross-attention,
+    whose keys/values it reads whole) runs in bfloat16 under int8 where the CPU computes in it;
+    the encoder's output stays float32's to int8's own error, attention's result in float32."""
     with monkeypatch.context() as patch:
         patch.setattr(precision_module, "cpu_has_bfloat16", lambda: False)
-        assert resolve_precision("int8", CPU).cross_kv is None
+        assert resolve_precision("int8", CPU).attention is None
         patch.setattr(precision_module, "cpu_has_bfloat16", lambda: True)
-        assert resolve_precision("int8", CPU).cross_kv == "bfloat16"
-        assert resolve_precision("float32", CPU).cross_kv is None
+        assert resolve_precision("int8", CPU).attention == "bfloat16"
+        assert resolve_precision("float32", CPU).attention is None
     if not cpu_has_bfloat16():
-        pytest.skip("no native bfloat16 on this CPU: int8 keeps them float32")
+        pytest.skip("no native bfloat16 on this CPU: int8 attends in float32")
     from whisper_coreml.audio import MelSource
 
     engine = model_in("int8").engine
+    assert all(b.attn.kv_dtype == torch.bfloat16 for b in engine.model.encoder.blocks)
     with MelSource.from_file(speech(CLIPS[2]), engine.dims.n_mels) as source:
-        kv = engine.encode(source.window(0))
+        mel = torch.from_numpy(source.window(0))[None]
+    with torch.inference_mode():
+        kv = engine.encode(mel[0].numpy())
+        ours = engine.model.encoder(mel)
+        with monkeypatch.context() as patch:
+            for block in engine.model.encoder.blocks:
+                patch.setattr(block.attn, "kv_dtype", None)
+            full = engine.model.encoder(mel)
+        exact = model_in("float32").engine.model.encoder(mel)
+    # bfloat16 attention adds little to what int8's products already move (~8% of the norm)
+    assert (ours - exact).norm() < 1.2 * (full - exact).norm()
     assert all(k.dtype == v.dtype == torch.bfloat16 for k, v in kv)
     attention = engine.model.decoder.blocks[0].cross_attn
     x = torch.randn(5, 1, engine.dims.n_text_state)

@@ -102,11 +102,16 @@ def by_row(y: Tensor, rows: int) -> Tensor:
 
 
 class MultiHeadAttention(nn.Module):
-    """Attention whose keys and values are passed in, so callers own every cache."""
+    """Attention whose keys and values are passed in, so callers own every cache.
+
+    `kv_dtype`, when an engine sets it, is the format `project_kv` keeps keys and values in
+    (a smaller one than the activations': see `attend`); None keeps the activations'.
+    """
 
     def __init__(self, n_state: int, n_head: int) -> None:
         super().__init__()
         self.n_head = n_head
+        self.kv_dtype: torch.dtype | None = None
         self.query = nn.Linear(n_state, n_state)
         self.key = nn.Linear(n_state, n_state, bias=False)
         self.value = nn.Linear(n_state, n_state)
@@ -119,13 +124,14 @@ class MultiHeadAttention(nn.Module):
 
     def project_kv(self, x: Tensor) -> KV:
         """Keys and values of `x`, split into heads: computed once per window for cross-attention."""
-        return self.split_heads(self.key(x)), self.split_heads(self.value(x))
+        k, v = self.split_heads(self.key(x)), self.split_heads(self.value(x))
+        return (k, v) if self.kv_dtype is None else (k.to(self.kv_dtype), v.to(self.kv_dtype))
 
     def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """Attention of `x`'s queries over head-split `k`, `v`; `mask` is additive.
 
-        `k` and `v` may be kept in a smaller format than `x` (an engine's cross-attention
-        keys/values): the queries meet them in it, and the result comes back in `x`'s.
+        `k` and `v` may be kept in a smaller format than `x` (`kv_dtype`): the queries meet
+        them in it, and the result comes back in `x`'s.
         """
         q = self.split_heads(self.query(x)).to(k.dtype)
         if k.shape[0] < q.shape[0] and mask is None:

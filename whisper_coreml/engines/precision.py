@@ -32,17 +32,19 @@ from .quantize import cpu_has, int8_available
 class Precision:
     """A compute type: its name and the format of each half (float32, bfloat16, float16 or int8).
 
-    `cross_kv` is the format the decoder keeps each window's cross-attention keys and values in
-    (None: the decoder's activations'). Every step reads them whole (18 MB a window for tiny.en
-    in float32), one window per row group, so batching does not share them as it shares
-    weights; under int8 on a CPU with native bfloat16 they are kept in bfloat16, where PyTorch's
-    fused attention also runs 1.1-2.8x faster than in float32 (1 to 35 queries over 1500 keys).
+    `attention` is the format attention over the 1500 audio frames runs in, where int8 leaves
+    float32 activations around its int8 products (None: the activations'). Under int8 on a CPU
+    with native bfloat16 it is bfloat16. The decoder's cross-attention keys and values are kept
+    in it: every step reads them whole (18 MB a window for tiny.en in float32), one window per
+    row group, so batching does not share them as it shares weights, and PyTorch's fused
+    attention runs 1.1-2.8x faster on them (1 to 35 queries over 1500 keys). The encoder's
+    self-attention meets in it too: 1500 x 1500 per head, 2.1x faster than in float32.
     """
 
     name: str
     encoder: str
     decoder: str
-    cross_kv: str | None = None
+    attention: str | None = None
 
 
 PRECISIONS = {
@@ -88,7 +90,7 @@ def resolve_precision(compute_type: str | None, device: torch.device) -> Precisi
         if "int8" in name and not int8_available():
             raise ModelError(f"--compute-type {name}: this PyTorch has no int8 kernels for this CPU; choose float32")
         if "int8" in name and cpu_has_bfloat16():
-            return replace(CPU_PRECISIONS[name], cross_kv="bfloat16")
+            return replace(CPU_PRECISIONS[name], attention="bfloat16")
         return CPU_PRECISIONS[name]
     if name == "auto":
         name = "float16"

@@ -216,13 +216,17 @@ class TorchEngine:
         self.model = model.eval()
         self.encoder_dtype = ACTIVATIONS[self.precision.encoder]
         self.decoder_dtype = ACTIVATIONS[self.precision.decoder]
-        self.cross_kv_dtype = ACTIVATIONS[self.precision.cross_kv or self.precision.decoder]
         self.logits = self._projection()  # first: its tables are made from the checkpoint's embedding
         _convert(self.model.encoder, self.precision.encoder, MANY_ROWS)
         # The decoder reads one token's row at a time, but its cross-attention keys and values
         # are projected from all 1500 audio frames once per window.
         _convert(self.model.decoder, self.precision.decoder, FEW_ROWS, ("cross_attn.key", "cross_attn.value"))
         self.model.to(self.device)
+        if self.precision.attention:  # attention over the audio frames in its own format (precision.py)
+            for block in self.model.encoder.blocks:
+                block.attn.kv_dtype = ACTIVATIONS[self.precision.attention]
+            for block in self.model.decoder.blocks:
+                block.cross_attn.kv_dtype = ACTIVATIONS[self.precision.attention]
         self.alignment_heads = weights.alignment_heads or default_alignment_heads(
             weights.dims.n_text_layer, weights.dims.n_text_head
         )
@@ -258,14 +262,7 @@ class TorchEngine:
         x = torch.from_numpy(np.ascontiguousarray(mel)).to(self.device, self.encoder_dtype)[None]
         # the encoder's time is ours alone: what others do meanwhile sets the threads (openmp.py)
         with self.threads.measure() if self.threads is not None else contextlib.nullcontext():
-            return self._cross_kv(self.model.encoder(x))
-
-    def _cross_kv(self, features: Tensor) -> list[KV]:
-        """The decoder's cross-attention keys/values of encoder `features`, in their format (precision.py)."""
-        kv = self.model.decoder.cross_kv(features.to(self.decoder_dtype))
-        if self.cross_kv_dtype == self.decoder_dtype:
-            return kv
-        return [(k.to(self.cross_kv_dtype), v.to(self.cross_kv_dtype)) for k, v in kv]
+            return self.model.decoder.cross_kv(self.model.encoder(x).to(self.decoder_dtype))
 
     def decoder(self, features: list[KV], batch_size: int = 1) -> TorchSession:
         # The cross-attention keys/values stay batch 1 for any batch: attention shares them.
@@ -278,7 +275,7 @@ class TorchEngine:
             # several windows' attention matrices (~0.4 GB each for 8 windows of tiny) at once.
             return [self.encode(mel) for mel in mels]
         x = torch.from_numpy(np.stack(mels)).to(self.device, self.encoder_dtype)
-        kv = self._cross_kv(self.model.encoder(x))
+        kv = self.model.decoder.cross_kv(self.model.encoder(x).to(self.decoder_dtype))
         return [[(k[w : w + 1], v[w : w + 1]) for k, v in kv] for w in range(len(mels))]
 
     @torch.inference_mode()
