@@ -98,8 +98,8 @@ class Settings:
     def compute_type_to_load(self) -> str | None:
         """What the engine is asked for. `auto` with openai-whisper's own decoding (greedy, no VAD:
         the parity mode) is None, openai-whisper's float32 on a CPU, so that the parity flags
-        alone still give its text word for word; elsewhere `auto` is the engine's pick (int8 on
-        a CPU, engines/precision.py)."""
+        alone still give its text word for word; elsewhere `auto` is the engine's pick (on a CPU
+        int8, its encoder in bfloat16 where the CPU has it: engines/precision.py)."""
         parity = self.transcription.beam_size is None and self.transcription.vad is None
         return None if self.compute_type == "auto" and parity else self.compute_type
 

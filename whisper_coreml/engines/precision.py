@@ -5,16 +5,18 @@ every layer at once: compute-bound, so faster arithmetic pays (bfloat16 on AMX: 
 time on tiny.en here). The decoder runs one token at a time: memory-bound, so smaller weights pay
 (int8: 0.5-0.7x per step), while bfloat16's one-row products are slower than float32's on the CPU.
 
-`auto` is the fastest type whose word error rate stayed within 0.3 points of float32's on the
-benchmark sets (benchmarks/README.md, bench.py): int8 on the CPU, float16 on GPUs. On this
-project's 2-core Xeon, tiny.en and base, greedy and beam 5, `en/` and `long/`, int8 took
-0.47-0.82x float32's time (but 1.26x once: tiny.en greedy on `long/`, where int8 fell into a
-repetition loop on one file that the temperature fallback decoded again), and its WER moved
--1.54 to +0.28 points (+0.28 twice, `long/` greedy; its losses of 0.4-0.7 points there went
-once tiny's small decoder layers stayed float32, quantize.py). A CPU whose PyTorch lacks the
-int8 kernels runs float32. None, the Python API's default, stays float32 as openai-whisper's:
-its text, word for word. int8_bfloat16 was faster still, but a repetition loop on one long
-file (base, greedy) put it 5 points above float32; it is a flag away.
+`auto` is the fastest type whose word error rate stayed with float32's on the benchmark sets
+(benchmarks/README.md, bench.py: tiny.en and base, greedy and beam 5, `en/` and `long/`):
+float16 on GPUs; on the CPU int8_bfloat16 where it computes in bfloat16 (AVX512_BF16 or AMX),
+else int8. On this project's 2-core Xeon (AMX), int8_bfloat16 took 0.55-1.0x int8's time in
+all eight cells and its WER moved -2.38 to +0.35 points from float32's (within 0.3 in seven;
++0.35 is 2 words of 580, tiny.en greedy on `en/`), where int8 moved -2.52 to +0.42. Its encoder
+is the reason: bfloat16 there was both faster than int8's products (tiny.en 126 vs 141 ms a
+window, base 209 vs 281) and nearer float32's output (1-2% of the norm against 7.5-16.5%).
+int8, the other CPUs' choice, took 0.47-0.82x float32's time in session 9 and moved WER -1.54
+to +0.28 (but one file of tiny.en greedy `long/` fell into a repetition loop that the
+temperature fallback decoded again). A CPU whose PyTorch lacks the int8 kernels runs float32.
+None, the Python API's default, stays float32 as openai-whisper's: its text, word for word.
 """
 
 from __future__ import annotations
@@ -68,15 +70,16 @@ def cpu_has_bfloat16() -> bool:
 def resolve_precision(compute_type: str | None, device: torch.device) -> Precision:
     """The formats `compute_type` runs in on `device`; a combination this machine cannot run is a ModelError.
 
-    None is openai-whisper's choice: float32 on the CPU, float16 on GPUs; `auto` is int8 on
-    the CPU where PyTorch has its kernels, as measured (see the module doc).
+    None is openai-whisper's choice: float32 on the CPU, float16 on GPUs; `auto` is int8 (its
+    encoder in bfloat16 where the CPU computes in it) where PyTorch has the kernels, as measured
+    (see the module doc).
     """
     name = compute_type or ("float32" if device.type == "cpu" else "float16")
     if name not in COMPUTE_TYPES:
         raise ModelError(f"--compute-type {name}: choose one of {', '.join(COMPUTE_TYPES)}")
     if device.type == "cpu":
         if name == "auto":
-            name = "int8" if int8_available() else "float32"
+            name = ("int8_bfloat16" if cpu_has_bfloat16() else "int8") if int8_available() else "float32"
         if name == "float16":
             raise ModelError(
                 "--compute-type float16: not offered on the CPU (no faster than float32 there, and less accurate); "
