@@ -5,8 +5,9 @@ every layer at once: compute-bound, so faster arithmetic pays (bfloat16 on AMX: 
 time on tiny.en here). The decoder runs one token at a time: memory-bound, so smaller weights pay
 (int8: 0.5-0.7x per step), while bfloat16's one-row products are slower than float32's on the CPU.
 
-`auto` is the fastest type whose word error rate stayed with float32's on the benchmark sets
-(benchmarks/README.md, bench.py: tiny.en and base, greedy and beam 5, `en/` and `long/`):
+`auto` is the fastest type whose word error rate stayed near float32's (the rule: within 0.3
+points) on the benchmark sets (benchmarks/README.md, bench.py: tiny.en and base, greedy and
+beam 5, `en/` and `long/`):
 float16 on GPUs; on the CPU int8_bfloat16 where it computes in bfloat16 (AVX512_BF16 or AMX),
 else int8. On this project's 2-core Xeon (AMX), int8_bfloat16 took 0.55-1.0x int8's time in
 all eight cells and its WER moved -2.38 to +0.35 points from float32's (within 0.3 in seven;
