@@ -164,7 +164,7 @@ def test_int8_attends_to_the_audio_in_bfloat16_where_the_cpu_has_it(
 
 
 def test_what_auto_and_the_default_mean_where(monkeypatch: pytest.MonkeyPatch) -> None:
-    # the fastest type whose WER stayed with float32's (tiny.en and base, greedy and beam 5, en/
+    # the fastest type whose WER stayed near float32's (tiny.en and base, greedy and beam 5, en/
     # and long/: benchmarks/README.md); the API's default stays openai-whisper's float32
     for native, expected in ((True, "int8_bfloat16"), (False, "int8")):
         monkeypatch.setattr(precision_module, "cpu_has_bfloat16", lambda native=native: native)
@@ -176,9 +176,9 @@ def test_what_auto_and_the_default_mean_where(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_the_parity_flags_load_openai_whispers_float32() -> None:
-    """`auto` is int8 on a CPU (engines/precision.py), but greedy without VAD (issue 10's parity mode) asks the engine
-    for openai-whisper's own choice; an explicit type is what the user gets, and the key keeps
-    the choice as given."""
+    """`auto` is int8 on a CPU (engines/precision.py), but greedy without VAD (issue 10's parity
+    mode) asks the engine for openai-whisper's own choice; an explicit type is what the user
+    gets, and the key keeps the choice as given."""
     parity = build_settings("tiny.en", Choices(beam_size=1, vad=False))
     assert parity.compute_type_to_load is None and parity.compute_type == "auto"
     assert resolve_precision(parity.compute_type_to_load, CPU).name == "float32"
