@@ -11,6 +11,15 @@ products around the layers stay float32. A decoding step is memory-bound (tiny.e
 ~130 MB per token in float32, 80 MB of it the vocabulary projection), and int8 weights are a
 quarter of that traffic.
 
+Without VNNI (AVX2 CPUs such as AMD's before Zen 4) both libraries multiply 8-bit activations
+by 8-bit weights with `vpmaddubsw`, which adds each pair of products in 16 bits and saturates
+there. Scaled over a whole tensor, the encoder's activations (a few large channels, the rest
+small) hit that limit: its output moved 51% of its norm from float32's on an AMD EPYC (7.5%
+on a Xeon with VNNI), and tiny.en skipped 23 s of speech on a long file. There every layer
+scales each row on its own (`per_row`; 8.1% of the norm, 0.8x float32's time), whose pinned
+range keeps a pair of products past 16 bits only where two neighbours both sit at the row's
+largest magnitude; PyTorch's own remedy, 7-bit activations (`reduce_range`), left 19%.
+
 Two kernel libraries, because they win at different shapes here (Xeon with AVX-512 VNNI and AMX,
 2 threads): fbgemm at the decoder's few rows (0.4-0.6x float32's time per layer, oneDNN 0.7-1.0x),
 oneDNN at the encoder's 1500 rows (0.25-0.3x, fbgemm 0.5-0.7x), where it reaches AMX.
@@ -72,8 +81,9 @@ def _packing_with(engine: str) -> Iterator[None]:
 class Int8Linear(nn.Module):
     """`nn.Linear` with int8 weights: float32 in, float32 out, the product in int8.
 
-    Activations are quantized to 8 bits unless the CPU lacks VNNI, where fbgemm's 8-bit
-    products can saturate and PyTorch's own default of 7 bits (`reduce_range`) is safer.
+    Activations are quantized to 8 bits unless a whole tensor shares one scale on a CPU without
+    VNNI, where fbgemm's 8-bit products saturate and PyTorch's own default of 7 bits
+    (`reduce_range`) is safer (see the module doc; such layers are not made there any more).
 
     `per_row`: each row is divided by its largest magnitude before the kernel and multiplied
     back after, and one more row holding +1 and -1 pins the kernel's range to [-1, 1], so every
@@ -100,7 +110,7 @@ class Int8Linear(nn.Module):
             q = torch._make_per_channel_quantized_tensor(torch.cat(rows), scale, zero, 0)
             packed_bias = None if bias is None or per_row else bias.detach().float()
             self.packed = torch.ops.quantized.linear_prepack(q, packed_bias)
-        self.reduce_range = engine not in ("onednn", "qnnpack") and not cpu_has("vnni")
+        self.reduce_range = not per_row and engine not in ("onednn", "qnnpack") and not cpu_has("vnni")
         self.range_row = torch.zeros(1, self.in_features)
         self.range_row[0, :2] = torch.tensor([1.0, -1.0])
 
@@ -123,19 +133,25 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
-def quantize_linears(module: nn.Module, rows: str, many_rows: tuple[str, ...] = ()) -> None:
+def quantize_linears(module: nn.Module, rows: str, many_rows: tuple[str, ...] = (), keep: tuple[str, ...] = ()) -> None:
     """Replace every `nn.Linear` under `module` with an `Int8Linear`, in place.
 
     Layers see `rows` rows at a time, except those whose qualified names end with one of
     `many_rows`, which see many (the decoder's cross-attention keys and values: 1500 frames).
     Few-row layers quantize their activations row by row (`Int8Linear`'s `per_row`), and only
     from `MIN_FEW_ROW_WEIGHTS` up: tiny's decoder layers stay float32, base's attention too.
+    Many-row layers do too on a CPU without VNNI, whose products saturate otherwise (module doc).
+    Layers whose qualified names start with one of `keep` stay float32.
     """
     few, many = kernel_library(rows), kernel_library(MANY_ROWS)
+    many_per_row = not cpu_has("vnni")
     for name, child in list(module.named_modules()):
         for attribute, layer in list(child.named_children()):
             if isinstance(layer, nn.Linear):
                 qualified = f"{name}.{attribute}" if name else attribute
+                if qualified.startswith(keep):
+                    continue
                 is_many = rows == MANY_ROWS or qualified.endswith(many_rows)
                 if is_many or layer.weight.numel() >= MIN_FEW_ROW_WEIGHTS:
-                    setattr(child, attribute, Int8Linear.of(layer, many if is_many else few, per_row=not is_many))
+                    per_row = many_per_row if is_many else True
+                    setattr(child, attribute, Int8Linear.of(layer, many if is_many else few, per_row=per_row))
