@@ -81,9 +81,8 @@ def _packing_with(engine: str) -> Iterator[None]:
 class Int8Linear(nn.Module):
     """`nn.Linear` with int8 weights: float32 in, float32 out, the product in int8.
 
-    Activations are quantized to 8 bits unless a whole tensor shares one scale on a CPU without
-    VNNI, where fbgemm's 8-bit products saturate and PyTorch's own default of 7 bits
-    (`reduce_range`) is safer (see the module doc; such layers are not made there any more).
+    Activations are quantized to 8 bits: a layer whose whole call shares one scale is made only
+    on CPUs with VNNI, where 8-bit products do not saturate (see the module doc).
 
     `per_row`: each row is divided by its largest magnitude before the kernel and multiplied
     back after, and one more row holding +1 and -1 pins the kernel's range to [-1, 1], so every
@@ -110,7 +109,6 @@ class Int8Linear(nn.Module):
             q = torch._make_per_channel_quantized_tensor(torch.cat(rows), scale, zero, 0)
             packed_bias = None if bias is None or per_row else bias.detach().float()
             self.packed = torch.ops.quantized.linear_prepack(q, packed_bias)
-        self.reduce_range = not per_row and engine not in ("onednn", "qnnpack") and not cpu_has("vnni")
         self.range_row = torch.zeros(1, self.in_features)
         self.range_row[0, :2] = torch.tensor([1.0, -1.0])
 
@@ -120,11 +118,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.per_row:
-            return torch.ops.quantized.linear_dynamic(x, self.packed, self.reduce_range)
+            return torch.ops.quantized.linear_dynamic(x, self.packed, False)
         rows = x.reshape(-1, self.in_features)
         magnitude = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
         pinned = torch.cat([rows / magnitude, self.range_row])
-        out = torch.ops.quantized.linear_dynamic(pinned, self.packed, self.reduce_range)[:-1].mul_(magnitude)
+        out = torch.ops.quantized.linear_dynamic(pinned, self.packed, False)[:-1].mul_(magnitude)
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.out_features)
@@ -153,5 +151,5 @@ def quantize_linears(module: nn.Module, rows: str, many_rows: tuple[str, ...] = 
                     continue
                 is_many = rows == MANY_ROWS or qualified.endswith(many_rows)
                 if is_many or layer.weight.numel() >= MIN_FEW_ROW_WEIGHTS:
-                    per_row = many_per_row if is_many else True
+                    per_row = many_per_row or not is_many
                     setattr(child, attribute, Int8Linear.of(layer, many if is_many else few, per_row=per_row))
