@@ -319,6 +319,49 @@ def test_kill_9_with_jobs_queued_and_running_loses_nothing(
     assert not list((data / "uploads").iterdir()) and not list((data / "journals").iterdir())
 
 
+def test_a_shutdown_answers_waiting_requests_and_keeps_the_jobs(speech: Callable[[str], Path], tmp_path: Path) -> None:
+    """SIGTERM (as ^C or a service manager sends it) with a studio page's event stream open and
+    an OpenAI request waiting for its job: the stream ends, the request answers 503 naming the
+    job, nothing is cancelled into a traceback, and the job finishes after the restart."""
+    data = tmp_path / "data"
+    long = speech(LONG)
+    server = Server(data).start()
+    answer: dict[str, Any] = {}
+
+    def wait_for_transcript() -> None:
+        body, content_type = multipart({"model": "whisper-1"}, long.name, long.read_bytes())
+        answer["reply"] = server.request("POST", "/v1/audio/transcriptions", body, {"Content-Type": content_type})
+
+    waiting = threading.Thread(target=wait_for_transcript)
+    try:
+        events = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        events.request("GET", "/v1/events")
+        stream = events.getresponse()
+        assert stream.status == 200 and stream.readline() == b"retry: 1000\n"
+        waiting.start()
+        deadline = time.monotonic() + 300
+        while not (jobs := server.json("GET", "/v1/jobs")["data"]) or jobs[0]["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        log = server.stop()
+        waiting.join(60)
+    assert server.process is not None and server.process.returncode in (0, -signal.SIGTERM), log  # not killed
+    assert "Traceback" not in log and "ERROR" not in log, log
+    rest = stream.read()  # the stream ended as a whole response, not cut off
+    assert rest.endswith(b"\n\n") and b"event: jobs" in rest
+    status, headers, reply = answer["reply"]
+    job_id = jobs[0]["id"]
+    assert status == 503 and headers["x-job-id"] == job_id, reply
+    assert json.loads(reply)["error"]["message"].startswith(f"the server is shutting down: job {job_id} is kept")
+
+    with running(data) as restarted:
+        finished = restarted.wait(job_id)
+        text = restarted.request("GET", f"/v1/jobs/{job_id}/result?format=text")[2].decode()
+    assert finished["status"] == "done" and finished["attempts"] == 2
+    assert "printing" in text.lower()
+
+
 def test_a_full_queue_answers_429_and_memory_stays_bounded(server: Server, speech: Callable[[str], Path]) -> None:
     mp3 = speech(MP3).read_bytes()  # 53 s: no job finishes while the 20 uploads arrive
     replies: list[tuple[int, dict[str, str], Any]] = []

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hmac
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -45,6 +46,8 @@ from .uploads import Upload, UploadError, check_media, receive_upload
 if TYPE_CHECKING:
     from ..api import WhisperModel
 
+SHUTDOWN_GRACE = 5.0  # seconds uvicorn lets requests run after SIGTERM/SIGINT before cancelling them
+WAIT_IN_SHUTDOWN = 3.0  # of which a request waiting for its job may use this much
 OPENAI_MODEL = "whisper-1"  # what OpenAI's clients ask for: here, the model this server runs
 # The CLI's choices a form may set, by their Choices names; OpenAI's own fields are read apart.
 CHOICE_FIELDS = (
@@ -210,6 +213,9 @@ class Service:
         self.store = JobStore(config.data_dir)
         self.worker = Worker(self.store, model, config.job_timeout)
         self.admission = Admission(self.store, config.max_queue)
+        # Set by the serve command when a shutdown begins: event streams end and waiting
+        # requests answer, so the process stops without cancelling (and logging) requests.
+        self.closing = threading.Event()
 
     def check_key(self, request: Request) -> None:
         """Bearer-token authentication when the server has a key (compared in constant time)."""
@@ -278,10 +284,25 @@ class Service:
         return Response(rendered.body, media_type=rendered.media_type, headers={"X-Job-Id": job.id})
 
     async def wait(self, job: Job) -> Job:
-        """The job once it is finished (polled: a waiting request holds no thread)."""
+        """The job once it is finished (polled: a waiting request holds no thread).
+
+        In a shutdown the request still waits `WAIT_IN_SHUTDOWN` seconds (inside uvicorn's
+        grace, `SHUTDOWN_GRACE`), then answers 503 with the job's id: the job is kept in the
+        store and finishes after the restart, where `GET /v1/jobs/{id}` finds it.
+        """
         event = self.store.finished_event(job.id)
+        closing_since: float | None = None
         try:
             while not event.is_set():
+                if self.closing.is_set():
+                    closing_since = closing_since or time.monotonic()
+                    if time.monotonic() - closing_since > WAIT_IN_SHUTDOWN:
+                        raise ApiError(
+                            503,
+                            f"the server is shutting down: job {job.id} is kept and finishes after it restarts "
+                            f"(GET /v1/jobs/{job.id})",
+                            {"X-Job-Id": job.id},
+                        )
                 await asyncio.sleep(0.05)
         finally:
             self.store.forget_event(job.id)

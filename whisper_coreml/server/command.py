@@ -14,6 +14,7 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -124,7 +125,7 @@ def serve_command(
     try:
         import uvicorn
 
-        from .app import ServerConfig, create_app
+        from .app import SHUTDOWN_GRACE, ServerConfig, create_app
     except ImportError as e:
         raise _fail(
             f"the server needs its extra ({e.name} is missing): pip install 'whisper-coreml[server]'", 2
@@ -150,6 +151,21 @@ def serve_command(
         raise _fail(f"--data-dir {directory}: cannot open its job store ({e})", 1) from None
     where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     print(f"serving {whisper.name} on {where} (jobs in {directory})", file=sys.stderr)
-    # A synchronous request waits for its job: on SIGTERM give requests 5 s, then the worker
-    # puts the job in progress back in the queue (its journal resumes it on the next start).
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    service = app.state.service
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which tells the app when a shutdown begins (the first SIGTERM or ^C).
+
+        Open event streams then end and waiting requests answer 503 within the grace, so none
+        is cancelled (uvicorn logs a cancelled request as a traceback); the worker then puts
+        the job in progress back in the queue, and its journal resumes it on the next start.
+        """
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            service.closing.set()
+            super().handle_exit(sig, frame)
+
+    settings = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(SHUTDOWN_GRACE)
+    )
+    Server(settings).run()

@@ -8,7 +8,8 @@ server has one (the page asks for it once and sends it as a Bearer header):
   FCPXML versions and the CLI's default cue rules.
 - `GET /v1/events`: Server-Sent Events, the job list each time it changes. The page reads the
   stream with fetch (so it carries the Authorization header, never a key in a URL) and
-  reconnects when a stream ends, every 25 s, so an open page never holds up a shutdown long.
+  reconnects when a stream ends: every 25 s, and at once when the server begins to shut down,
+  so an open page never holds up a shutdown.
 - `GET /v1/jobs/{id}/media`: the job's upload (kept after it is done when it was submitted
   with `keep_media`), with Range requests so the player seeks. A `<video>` cannot send a
   header, so the page adds `token`, an HMAC of the job id under the API key: it opens only
@@ -180,7 +181,7 @@ def add_studio(app: FastAPI, service: Service, authorized: list[Any], find: Call
         async def stream() -> AsyncIterator[str]:
             yield "retry: 1000\n\n"
             last, quiet, until = "", time.monotonic(), time.monotonic() + STREAM_SECONDS
-            while time.monotonic() < until:
+            while time.monotonic() < until and not service.closing.is_set():
                 jobs = await run_in_threadpool(store.list, 100)
                 text = json.dumps([job.status() for job in jobs], ensure_ascii=False)
                 if text != last:
