@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -13,6 +14,8 @@ import torch
 
 import whisper_coreml as wc
 from whisper_coreml.decoding import (
+    LOOP_CHECK_EVERY,
+    LOOP_WINDOW,
     ApplyTimestampRules,
     DecodingOptions,
     SuppressBlank,
@@ -373,6 +376,32 @@ def test_sampling_is_reproducible(window: Callable[[str], np.ndarray], tiny_mode
     again = decode_window(tiny_model.engine, features, tiny_model.tokenizer, options)
     assert first == again
     assert first.temperature == 1.0 and first.text and len(first.tokens) <= 40
+
+
+def test_a_loop_stops_where_it_shows_and_still_sends_the_window_on(
+    window: Callable[[str], np.ndarray], tiny_model: wc.WhisperModel, openai_tiny: Any
+) -> None:
+    """A decode caught in a repetition loop (forced here by a repetitive prefix) stops within
+    LOOP_WINDOW + LOOP_CHECK_EVERY tokens instead of running to 224: its tokens are openai-whisper's
+    up to there, and its compression ratio is past the threshold, so the fallback moves on as it
+    would after openai's whole loop. Without a threshold nothing stops early."""
+    decoding = openai_decoding()
+    engine, tokenizer = tiny_model.engine, tiny_model.tokenizer
+    mel = window(EN_CLIPS[0])
+    features = engine.encode(mel)
+    prefix = tuple(tokenizer.encode(" I'm playing a single hand, a single hand, a single hand, a single hand,"))
+    options = DecodingOptions(language="en", prefix=prefix, without_timestamps=True)
+    theirs_options = decoding.DecodingOptions(language="en", prefix=list(prefix), without_timestamps=True, fp16=False)
+    with torch.no_grad():
+        theirs = decoding.decode(openai_tiny, torch.from_numpy(mel), theirs_options)
+    whole = decode_window(engine, features, tokenizer, options)
+    assert list(whole.tokens) == list(theirs.tokens) and len(whole.tokens) == 224 and whole.compression_ratio > 2.4
+    stopped = decode_window(engine, features, tokenizer, replace(options, compression_ratio_threshold=2.4))
+    assert LOOP_WINDOW <= len(stopped.tokens) <= LOOP_WINDOW + LOOP_CHECK_EVERY
+    assert stopped.tokens == whole.tokens[: len(stopped.tokens)] and stopped.compression_ratio > 2.4
+    # samples stop row by row: best of three at T = 0.4, none runs on to 224
+    sampled = replace(options, compression_ratio_threshold=2.4, temperature=0.4, best_of=3)
+    assert len(decode_window(engine, features, tokenizer, sampled).tokens) < 224
 
 
 @pytest.fixture(scope="module")

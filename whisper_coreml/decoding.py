@@ -21,6 +21,8 @@ from .errors import WhisperCoreMLError
 from .tokenizer import Tokenizer
 
 CHUNK_LENGTH = 30
+LOOP_WINDOW = 60  # tokens whose text shows a repetition loop (WhisperKit's compressionCheckWindow)
+LOOP_CHECK_EVERY = 10  # tokens between two looks
 TIME_PRECISION = 0.02  # seconds per timestamp token: 30 s / 1500 audio positions
 
 
@@ -43,6 +45,9 @@ class DecodingOptions:
     without_timestamps: bool = False
     max_initial_timestamp: float | None = 1.0
     seed: int = 0  # sampling is reproducible run to run
+    # A greedy or sampled sequence whose last LOOP_WINDOW tokens compress beyond this has looped:
+    # it stops there instead of repeating to `sample_len` (see `Sampling.looping`). None: never.
+    compression_ratio_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.beam_size is not None and self.beam_size < 1:
@@ -278,6 +283,8 @@ class WindowDecoder:
         best = rank(candidates, sum_logprobs, self.options.length_penalty)
         chosen = tuple(int(t) for t in candidates[best])  # plain ints: results are JSON (journals, outputs)
         text = self.tokenizer.decode(chosen).strip()
+        # a sequence stopped in a loop reports the loop's ratio, so the temperature fallback sees it
+        ratio = max(compression_ratio(text), search.loop_ratios.get(best, 0.0))
         return DecodingResult(
             tokens=chosen,
             text=text,
@@ -285,7 +292,7 @@ class WindowDecoder:
             avg_logprob=float(sum_logprobs[best] / (len(chosen) + 1)),
             no_speech_prob=no_speech_prob,
             temperature=self.options.temperature,
-            compression_ratio=compression_ratio(text),
+            compression_ratio=ratio,
         )
 
 
@@ -299,6 +306,7 @@ class Search:
         self.padding = padding
         self.sample_begin = padding + decoder.sample_begin
         self.eot = decoder.tokenizer.eot
+        self.loop_ratios: dict[int, float] = {}  # candidate -> its loop's compression ratio, where one stopped it
 
     def too_long(self) -> bool:
         """The window's own tokens (filler not counted) fill the decoder's context."""
@@ -315,7 +323,15 @@ class Search:
 
 
 class Sampling(Search):
-    """Greedy (T = 0) or independent samples (T > 0), each until its end-of-text."""
+    """Greedy (T = 0) or independent samples (T > 0), each until its end-of-text or a loop.
+
+    A sequence caught in a repetition loop ("I'm going to say, I'm going to say, ...") would
+    run to `sample_len` (224 tokens; with best_of 5 samples, five rows of them) only for its
+    compression ratio to send the window to the next temperature. Every LOOP_CHECK_EVERY tokens
+    the text of each row's last LOOP_WINDOW tokens is compressed as openai-whisper compresses a
+    window's text; a row past `compression_ratio_threshold` ends there, and its result carries
+    that ratio: the same fallback, a fraction of the steps (WhisperKit stops loops early too).
+    """
 
     def __init__(self, decoder: WindowDecoder, tokens: np.ndarray, padding: int) -> None:
         super().__init__(decoder, tokens, padding)
@@ -329,7 +345,7 @@ class Sampling(Search):
         else:
             gumbel = -np.log(-np.log(self.rng.random(logits.shape)))
             next_tokens = (log_softmax(logits) / temperature + gumbel).argmax(axis=-1)
-        finished = self.tokens[:, -1] == self.eot
+        finished = (self.tokens[:, -1] == self.eot) | self.looping()
         chosen = logits[np.arange(len(logits)), next_tokens].astype(np.float64) - log_normalizers(logits)
         self.sum_logprobs += np.where(finished, 0.0, chosen)
         next_tokens[finished] = self.eot
@@ -337,6 +353,21 @@ class Sampling(Search):
         if (next_tokens == self.eot).all() or self.too_long():
             return None
         return list(range(len(self.tokens)))
+
+    def looping(self) -> np.ndarray:
+        """Which rows have just been found in a loop (their ratios kept in `loop_ratios`)."""
+        threshold = self.decoder.options.compression_ratio_threshold
+        sampled = self.tokens.shape[1] - self.sample_begin
+        found = np.zeros(len(self.tokens), dtype=bool)
+        if threshold is None or sampled < LOOP_WINDOW or sampled % LOOP_CHECK_EVERY:
+            return found
+        for row, sequence in enumerate(self.tokens):
+            if sequence[-1] != self.eot:
+                ratio = compression_ratio(self.decoder.tokenizer.decode(sequence[-LOOP_WINDOW:].tolist()))
+                if ratio > threshold:
+                    self.loop_ratios[row] = ratio
+                    found[row] = True
+        return found
 
     def candidates(self) -> tuple[list[tuple[int, ...]], list[float]]:
         return [self.candidate(row) for row in self.tokens], self.sum_logprobs.tolist()

@@ -218,6 +218,7 @@ def seek_loop(
         suppress_blank=options.suppress_blank,
         without_timestamps=options.without_timestamps,
         max_initial_timestamp=options.max_initial_timestamp,
+        compression_ratio_threshold=options.compression_ratio_threshold,
     )
 
     if source.speech is not None:  # each stretch of speech is a clip of its own: windows start on the voice
