@@ -402,6 +402,14 @@ def test_a_loop_stops_where_it_shows_and_still_sends_the_window_on(
     # samples stop row by row: best of three at T = 0.4, none runs on to 224
     sampled = replace(options, compression_ratio_threshold=2.4, temperature=0.4, best_of=3)
     assert len(decode_window(engine, features, tokenizer, sampled).tokens) < 224
+    # beams stop once all of them loop: here the best is a loop, with its ratio
+    features = engine.encode(window(EN_CLIPS[2]))
+    beams = DecodingOptions(language="en", prefix=tuple(tokenizer.encode(" a single hand," * 8)), beam_size=3)
+    whole_beams = decode_window(engine, features, tokenizer, beams)
+    stopped_beams = decode_window(engine, features, tokenizer, replace(beams, compression_ratio_threshold=2.4))
+    assert len(whole_beams.tokens) == 224 and whole_beams.compression_ratio > 2.4
+    assert LOOP_WINDOW <= len(stopped_beams.tokens) <= LOOP_WINDOW + LOOP_CHECK_EVERY
+    assert stopped_beams.compression_ratio > 2.4
 
 
 @pytest.fixture(scope="module")

@@ -317,6 +317,16 @@ class Search:
         sampled = [int(t) for t in sequence[self.sample_begin :]]  # numpy rows hold np.int64, which JSON refuses
         return tuple(sampled[: sampled.index(self.eot)] if self.eot in sampled else sampled)
 
+    def loop_ratio(self, sequence: np.ndarray) -> float | None:
+        """The compression ratio of `sequence`'s last LOOP_WINDOW tokens when it is time to look
+        (every LOOP_CHECK_EVERY tokens) and it is past `compression_ratio_threshold`; else None."""
+        threshold = self.decoder.options.compression_ratio_threshold
+        sampled = len(sequence) - self.sample_begin
+        if threshold is None or sampled < LOOP_WINDOW or sampled % LOOP_CHECK_EVERY:
+            return None
+        ratio = compression_ratio(self.decoder.tokenizer.decode(sequence[-LOOP_WINDOW:].tolist()))
+        return ratio if ratio > threshold else None
+
     def advance(self, logits: np.ndarray) -> list[int] | None: ...
 
     def candidates(self) -> tuple[list[tuple[int, ...]], list[float]]: ...
@@ -356,17 +366,11 @@ class Sampling(Search):
 
     def looping(self) -> np.ndarray:
         """Which rows have just been found in a loop (their ratios kept in `loop_ratios`)."""
-        threshold = self.decoder.options.compression_ratio_threshold
-        sampled = self.tokens.shape[1] - self.sample_begin
         found = np.zeros(len(self.tokens), dtype=bool)
-        if threshold is None or sampled < LOOP_WINDOW or sampled % LOOP_CHECK_EVERY:
-            return found
         for row, sequence in enumerate(self.tokens):
-            if sequence[-1] != self.eot:
-                ratio = compression_ratio(self.decoder.tokenizer.decode(sequence[-LOOP_WINDOW:].tolist()))
-                if ratio > threshold:
-                    self.loop_ratios[row] = ratio
-                    found[row] = True
+            if sequence[-1] != self.eot and (ratio := self.loop_ratio(sequence)) is not None:
+                self.loop_ratios[row] = ratio
+                found[row] = True
         return found
 
     def candidates(self) -> tuple[list[tuple[int, ...]], list[float]]:
@@ -383,10 +387,17 @@ class BeamSearch(Search):
     the last survivor are kept, at most `round(beam_size * patience)` in all. Search stops when
     that many have finished; if fewer than `beam_size` have by then, the best live sequences
     join them.
+
+    When every live sequence is in a repetition loop (see `Sampling`), the search stops there:
+    the loops join the finished sequences as live ones do at the end, and a loop that ranks
+    best carries its ratio to the fallback, as openai-whisper's would after 224 tokens of it.
+    (Cut short, a loop's mean log-probability is lower than after 224 tokens of it, so a
+    finished sequence may now rank above it where openai-whisper's loop would have won.)
     """
 
     def __init__(self, decoder: WindowDecoder, tokens: np.ndarray, padding: int) -> None:
         super().__init__(decoder, tokens, padding)
+        self.looped: list[float] = []  # each live row's loop ratio, once all of them loop
         self.beam_size = len(tokens)
         self.max_finished = round(self.beam_size * (decoder.options.patience or 1.0))
         self.sum_logprobs = np.zeros(self.beam_size)
@@ -421,6 +432,10 @@ class BeamSearch(Search):
         self.sum_logprobs = np.array([scores[s] for s in survivors])
         if len(self.finished) >= self.max_finished or self.too_long():
             return None
+        ratios = [self.loop_ratio(row) for row in self.tokens]
+        if all(ratio is not None for ratio in ratios):
+            self.looped = [ratio for ratio in ratios if ratio is not None]
+            return None
         return [sources[s] for s in survivors]
 
     def candidates(self) -> tuple[list[tuple[int, ...]], list[float]]:
@@ -428,6 +443,8 @@ class BeamSearch(Search):
         if len(finished) < self.beam_size:
             for row in np.argsort(self.sum_logprobs, kind="stable")[::-1]:
                 finished[(*self.tokens[row].tolist(), self.eot)] = float(self.sum_logprobs[row])
+                if self.looped:
+                    self.loop_ratios[len(finished) - 1] = self.looped[row]
                 if len(finished) >= self.beam_size:
                     break
         return [self.candidate(s) for s in finished], list(finished.values())
