@@ -17,7 +17,7 @@ from whisper_coreml.engines import COMPUTE_TYPES, check_compute_type
 from whisper_coreml.engines import precision as precision_module
 from whisper_coreml.engines import quantize as quantize_module
 from whisper_coreml.engines.precision import cpu_has_bfloat16, resolve_precision
-from whisper_coreml.engines.quantize import MIN_FEW_ROW_WEIGHTS, Int8Linear
+from whisper_coreml.engines.quantize import MIN_FEW_ROW_WEIGHTS, MIN_FEW_ROW_WEIGHTS_NO_VNNI, Int8Linear, cpu_has
 from whisper_coreml.errors import ModelError
 from whisper_coreml.model import LayerNorm
 from whisper_coreml.settings import Choices, build_settings
@@ -122,7 +122,7 @@ def test_layers_are_in_the_formats_the_type_names(
                         assert name.startswith("blocks.0."), name
                         continue
                     assert not name.endswith(("cross_attn.key", "cross_attn.value")), name
-                    assert m.weight.numel() < MIN_FEW_ROW_WEIGHTS, name
+                    assert m.weight.numel() < (MIN_FEW_ROW_WEIGHTS if cpu_has("vnni") else MIN_FEW_ROW_WEIGHTS_NO_VNNI)
         else:
             assert all(m.weight.dtype == getattr(torch, fmt) for m in linears)
         norms = [p for m in module.modules() if isinstance(m, LayerNorm) for p in m.parameters()]
@@ -147,7 +147,8 @@ def test_int8_keeps_the_encoder_near_float32_on_this_cpu(
 
 def test_int8_scales_rows_on_their_own_where_products_saturate(monkeypatch: pytest.MonkeyPatch) -> None:
     """Many-row layers share one scale a call only where the CPU multiplies with VNNI; rows scaled
-    on their own quantize to 8 bits everywhere (their pinned range does not saturate)."""
+    on their own quantize to 8 bits everywhere (their pinned range does not saturate). Without
+    VNNI, few-row layers are int8 from twice the size (base's decoder MLP stays float32)."""
     layers = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
     with monkeypatch.context() as patch:
         for vnni in (True, False):
@@ -155,6 +156,10 @@ def test_int8_scales_rows_on_their_own_where_products_saturate(monkeypatch: pyte
             model = copy.deepcopy(layers)
             quantize_module.quantize_linears(model, quantize_module.MANY_ROWS)
             assert all(isinstance(m, Int8Linear) and m.per_row is not vnni for m in model)
+            # a few-row layer of base's decoder MLP size: int8 with VNNI, float32 without
+            mlp = torch.nn.Sequential(torch.nn.Linear(512, 2048))
+            quantize_module.quantize_linears(mlp, quantize_module.FEW_ROWS)
+            assert isinstance(mlp[0], Int8Linear) is vnni
 
 
 def test_int8_attends_to_the_audio_in_bfloat16_where_the_cpu_has_it(

@@ -45,6 +45,10 @@ FEW_ROWS, MANY_ROWS = "few", "many"
 # Xeon: 384x384 23-52 us in float32 against 74-82 us in int8, 384x1536 69 against 91 us;
 # 512x2048 195 against 108 us, 1280x1280 409 against 129 us).
 MIN_FEW_ROW_WEIGHTS = 1 << 20
+# Without VNNI, from twice that: base's decoder MLP (512 x 2048) stays float32 there. In int8 it
+# sent base into a repetition on a file's closing silence (AMD EPYC, greedy, `long/`: WER 9.94%
+# against float32's 7.56%; 7.28% with it float32, at 1.07x the time).
+MIN_FEW_ROW_WEIGHTS_NO_VNNI = 1 << 21
 
 
 def int8_available() -> bool:
@@ -137,12 +141,14 @@ def quantize_linears(module: nn.Module, rows: str, many_rows: tuple[str, ...] = 
     Layers see `rows` rows at a time, except those whose qualified names end with one of
     `many_rows`, which see many (the decoder's cross-attention keys and values: 1500 frames).
     Few-row layers quantize their activations row by row (`Int8Linear`'s `per_row`), and only
-    from `MIN_FEW_ROW_WEIGHTS` up: tiny's decoder layers stay float32, base's attention too.
+    from `MIN_FEW_ROW_WEIGHTS` up (`MIN_FEW_ROW_WEIGHTS_NO_VNNI` without VNNI): tiny's decoder
+    layers stay float32, base's attention too (without VNNI, all of base's decoder layers).
     Many-row layers do too on a CPU without VNNI, whose products saturate otherwise (module doc).
     Layers whose qualified names start with one of `keep` stay float32.
     """
     few, many = kernel_library(rows), kernel_library(MANY_ROWS)
     many_per_row = not cpu_has("vnni")
+    min_few = MIN_FEW_ROW_WEIGHTS_NO_VNNI if many_per_row else MIN_FEW_ROW_WEIGHTS
     for name, child in list(module.named_modules()):
         for attribute, layer in list(child.named_children()):
             if isinstance(layer, nn.Linear):
@@ -150,6 +156,6 @@ def quantize_linears(module: nn.Module, rows: str, many_rows: tuple[str, ...] = 
                 if qualified.startswith(keep):
                     continue
                 is_many = rows == MANY_ROWS or qualified.endswith(many_rows)
-                if is_many or layer.weight.numel() >= MIN_FEW_ROW_WEIGHTS:
+                if is_many or layer.weight.numel() >= min_few:
                     per_row = many_per_row or not is_many
                     setattr(child, attribute, Int8Linear.of(layer, many if is_many else few, per_row=per_row))
