@@ -16,10 +16,10 @@ is the reason: bfloat16 there was both faster than int8's products (tiny.en 126 
 window, base 209 vs 281) and nearer float32's output (1-2% of the norm against 7.5-16.5%).
 int8, the other CPUs' choice, took 0.47-0.82x float32's time in session 9 and moved WER -1.54
 to +0.28 (but one file of tiny.en greedy `long/` fell into a repetition loop that the
-temperature fallback decoded again). On an AMD EPYC without VNNI (session 11, tiny.en, after
-quantize.py's per-row fix for such CPUs) int8 moved WER +0.00 to +0.42 (within 0.3 in two of
-four cells) at 0.74-0.84x float32's time but where a silent tail looped: still the fastest type
-there, and still short of the rule. A CPU whose PyTorch lacks the int8 kernels runs float32.
+temperature fallback decoded again). On an AMD EPYC without VNNI (session 12: tiny.en and
+base, greedy and beam 5, after quantize.py's changes for such CPUs) int8 moved WER -0.28 to
++0.18, within 0.3 in all eight cells, at 0.80-0.91x float32's time for tiny.en. A CPU whose
+PyTorch lacks the int8 kernels runs float32.
 None, the Python API's default, stays float32 as openai-whisper's: its text, word for word.
 """
 

@@ -147,8 +147,8 @@ def quantize_linears(module: nn.Module, rows: str, many_rows: tuple[str, ...] = 
     Layers whose qualified names start with one of `keep` stay float32.
     """
     few, many = kernel_library(rows), kernel_library(MANY_ROWS)
-    many_per_row = not cpu_has("vnni")
-    min_few = MIN_FEW_ROW_WEIGHTS_NO_VNNI if many_per_row else MIN_FEW_ROW_WEIGHTS
+    no_vnni = not cpu_has("vnni")
+    min_few = MIN_FEW_ROW_WEIGHTS_NO_VNNI if no_vnni else MIN_FEW_ROW_WEIGHTS
     for name, child in list(module.named_modules()):
         for attribute, layer in list(child.named_children()):
             if isinstance(layer, nn.Linear):
@@ -157,5 +157,5 @@ def quantize_linears(module: nn.Module, rows: str, many_rows: tuple[str, ...] = 
                     continue
                 is_many = rows == MANY_ROWS or qualified.endswith(many_rows)
                 if is_many or layer.weight.numel() >= min_few:
-                    per_row = many_per_row or not is_many
+                    per_row = no_vnni or not is_many
                     setattr(child, attribute, Int8Linear.of(layer, many if is_many else few, per_row=per_row))
