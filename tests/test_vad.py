@@ -67,9 +67,9 @@ def model() -> SileroVad:
 
 
 def faster_options(faster_vad: Any, options: VadOptions) -> Any:
-    """faster-whisper's VadOptions with our fields of the same names (bridge_gap_s and max_stretch_s are ours alone)."""
+    """faster-whisper's VadOptions with our fields of the same names (bridge_gap_s and window_s are ours alone)."""
     return faster_vad.VadOptions(
-        **{k: v for k, v in vars(options).items() if k not in {"bridge_gap_s", "max_stretch_s"}}
+        **{k: v for k, v in vars(options).items() if k not in {"bridge_gap_s", "window_s"}}
     )
 
 

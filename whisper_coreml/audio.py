@@ -420,7 +420,10 @@ class MelSource:
         if vad is not None:
             from .vad import decoded_stretches
 
-            self.speech = tuple(decoded_stretches([*speech, *finder.finish()], vad.bridge_gap_s, vad.max_stretch_s))
+            regions = [*speech, *finder.finish()]
+            self.speech = tuple(
+                decoded_stretches(regions, vad.bridge_gap_s, vad.window_s, finder.probabilities, vad.silence_threshold)
+            )
         return reader.n_samples, log_max
 
     @property
@@ -456,6 +459,13 @@ class MelSource:
         log_spec = _log10_mel(samples, self.n_mels, center=False)
         out[:, :size] = _normalise(log_spec, self._log_max).numpy()
         return out
+
+    @property
+    def silence(self) -> float:
+        """The value `window` gives a silent frame: the floor 80 dB below the file's peak."""
+        import torch
+
+        return float(_normalise(torch.tensor(_SILENCE_LOG), self._log_max))
 
     def hold(self, seek: int | None) -> None:
         """Keep the samples from frame `seek` on as long as this holds (None: release), so that

@@ -67,9 +67,11 @@ class VadOptions:
         with the speech around it. Whisper reads conversational pauses well, and they are
         where Silero misses a hoarse or quiet voice (on the mfa recording of ../shared it cut
         1.8 s of a sick speaker after a 2.7 s pause); long non-speech is still skipped.
-    max_stretch_s (ours): a bridged stretch is cut between regions when it would grow past
-        this, so that stretches decoded side by side (`independent_stretches`) fill a window
-        each, as faster-whisper's batched chunks do; None leaves stretches whole.
+    window_s (ours): for stretches decoded side by side (`independent_stretches`), the most
+        speech one window takes: a bridged stretch that would grow past it is cut between
+        regions, and consecutive stretches are packed into windows of up to this much, the
+        silences between them left out (`packing.Pack`), as faster-whisper's batched chunks
+        are; None leaves stretches whole.
     """
 
     threshold: float = 0.5
@@ -79,7 +81,7 @@ class VadOptions:
     min_silence_duration_ms: int = 2000
     speech_pad_ms: int = 400
     bridge_gap_s: float = 5.0
-    max_stretch_s: float | None = None
+    window_s: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -92,8 +94,8 @@ class VadOptions:
             raise ValueError(f"VAD bridge_gap_s cannot be negative, not {self.bridge_gap_s:g}")
         if self.max_speech_duration_s <= 0:
             raise ValueError(f"VAD max_speech_duration_s must be positive, not {self.max_speech_duration_s:g}")
-        if self.max_stretch_s is not None and self.max_stretch_s <= 0:
-            raise ValueError(f"VAD max_stretch_s must be positive, not {self.max_stretch_s:g}")
+        if self.window_s is not None and self.window_s <= 0:
+            raise ValueError(f"VAD window_s must be positive, not {self.window_s:g}")
 
     def in_windows(self, seconds: float = 25.0) -> VadOptions:
         """These options for stretches decoded side by side: speech cut at its silences into
@@ -101,7 +103,7 @@ class VadOptions:
         because Whisper tends to drop the last words of a window that speech fills to its end:
         on ../shared/speech/long (tiny.en, beam 5) pieces of 30 s gave 9.7% WER, 25 s 7.8%,
         against 7.0% decoding in sequence."""
-        return replace(self, max_speech_duration_s=min(self.max_speech_duration_s, seconds), max_stretch_s=seconds)
+        return replace(self, window_s=seconds)
 
     @property
     def silence_threshold(self) -> float:

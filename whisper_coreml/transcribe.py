@@ -20,6 +20,7 @@ from .engines.base import Engine
 from .hallucination import Window as HallucinationWindow
 from .hallucination import skip_hallucinations
 from .options import TranscriptionOptions
+from .packing import Pack
 from .result import Segment, TranscriptionResult
 from .timing import add_word_timestamps, find_pauses, fit_words_to_pauses, speech_end
 from .tokenizer import Tokenizer
@@ -85,6 +86,15 @@ class Together:
     with everything else; the answer is their results, in order."""
 
     loops: tuple[Loop, ...]
+
+
+class Frames(Protocol):
+    """Where a seek loop reads its windows: a file's `MelSource`, or a `Pack` of its stretches."""
+
+    @property
+    def n_frames(self) -> int: ...
+
+    def window(self, seek: int, n_frames: int | None = None) -> np.ndarray: ...
 
 
 Request = Encode | Decode | Together
@@ -235,10 +245,16 @@ def seek_loop(
     remaining_prompt_length = engine.dims.n_text_ctx // 2 - 1 - len(initial_prompt)
 
     def decode_clips(
-        stop: int, state: SeekState, segments: list[Segment], on_window: Callable[[SeekState, Sequence[Segment]], None]
+        view: Frames,
+        clips: Sequence[tuple[int, int]],
+        stop: int,
+        state: SeekState,
+        segments: list[Segment],
+        on_window: Callable[[SeekState, Sequence[Segment]], None],
     ) -> Generator[Request, Any, list[Segment]]:
-        """Decode from `state` until clip `stop` begins; every finished window (skipped ones
-        too) goes to `on_window` with the state after it and its new segments."""
+        """Decode `view` from `state` until clip `stop` begins; every finished window (skipped
+        ones too) goes to `on_window` with the state after it and its new segments."""
+        content_frames = view.n_frames
         all_tokens: list[int] = [*initial_prompt, *(t for s in segments for t in s.tokens)]
         seek, clip_idx = state.seek, state.clip_idx
         prompt_reset_since, last_speech_timestamp = state.prompt_reset_since, state.last_speech_timestamp
@@ -256,7 +272,7 @@ def seek_loop(
                 continue
             time_offset = seek * HOP_LENGTH / SAMPLE_RATE
             segment_size = min(N_FRAMES, content_frames - seek, clip_end - seek)
-            mel = source.window(seek, segment_size)
+            mel = view.window(seek, segment_size)
             if np.ptp(mel[:, :segment_size]) < 1e-6:
                 # Flat at the floor: nothing in this window comes within 80 dB of the file's peak
                 # (digital silence). Whisper hallucinates "you" on such input and the no-speech gate
@@ -353,20 +369,41 @@ def seek_loop(
     if resumed is not None:
         _report(progress, state.seek, content_frames)
     if not options.independent_stretches:
-        segments = yield from decode_clips(len(clips), state, segments, record)
+        segments = yield from decode_clips(source, clips, len(clips), state, segments, record)
     else:
-        # Every clip from the resumed one on is a seek loop of its own, started from nothing
-        # (the resumed one from its journaled state and segments); they run side by side and
-        # their windows are journaled in the file's order.
-        first = state.clip_idx
-        before = [s for s in segments if first >= len(clips) or s.seek < clips[first][0]]
-        in_order = _InOrder(record, len(before), len(clips) - first, source, clips[first:])
+        # The clips are packed into windows (packing.py), and every pack from the resumed one on
+        # is a seek loop of its own, started from nothing; they run side by side and are
+        # journaled, a pack at a time, in the file's order.
+        window_s = options.vad.window_s if options.vad is not None else None
+        limit = N_FRAMES if window_s is None else round(window_s * FRAMES_PER_SECOND)
+        packs: list[tuple[Pack, int]] = []  # with how many clips end with them
+        for pack in Pack.of(clips, limit):  # packed from the first clip, so a resumed run packs alike
+            upto = pack.clips + (packs[-1][1] if packs else 0)
+            packs.append((pack, upto))
+        packs = [(p, upto) for p, upto in packs if upto > state.clip_idx]
+        before = [s for s in segments if not packs or s.seek < packs[0][0].spans[0][0]]
+
+        def decode_packed(pack: Pack) -> Generator[Request, Any, list[Segment]]:
+            view = pack.frames(source)
+            start = SeekState(0, 0, 0, 0.0)
+            decoded = yield from decode_clips(view, [(0, view.n_frames)], 1, start, [], lambda *_: None)
+            return pack.place(decoded)
+
+        in_order = _InOrder(record, len(before), len(packs), source, [p.spans[0] for p, _ in packs])
         loops = []
-        for k in range(first, len(clips)):
-            start = state if resumed is not None and k == first else SeekState(clips[k][0], k, 0, clips[k][0] / 100)
-            own = segments[len(before) :] if k == first else []
-            window = functools.partial(in_order.window, k - first)
-            loops.append(in_order.closing(k - first, decode_clips(k + 1, start, list(own), window)))
+        for k, (pack, upto) in enumerate(packs):
+            after = SeekState(pack.spans[-1][1], upto, 0, pack.spans[-1][1] / FRAMES_PER_SECOND)
+
+            def decode_pack(pack: Pack = pack, k: int = k, after: SeekState = after) -> Loop:
+                placed = yield from decode_packed(pack)
+                if len(pack.spans) > 1:  # a line the decoder passed over in the pack, decoded alone
+                    for span in pack.unheard(placed):
+                        placed += yield from decode_packed(Pack((span,), 1))
+                    placed.sort(key=lambda s: s.start)
+                in_order.window(k, after, placed)
+                return placed
+
+            loops.append(in_order.closing(k, decode_pack()))
         decoded = yield Together(tuple(loops))
         segments = [replace(s, id=i) for i, s in enumerate([*before, *(s for part in decoded for s in part)])]
     if reported[0] < content_frames:  # the clips ended before the audio: the rest holds no speech

@@ -284,6 +284,12 @@ class SpeechFinder:
         self._detector, self._padder = _Detector(options), _Padder(options)
         self._threshold, self._silence_threshold = options.threshold, options.silence_threshold
         self._n_samples = self._pos = 0
+        self._probabilities: list[np.ndarray] = []  # 4 bytes a frame: 900 kB for two hours
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Every frame's speech probability so far (frame i: samples [512 i, 512 (i + 1)))."""
+        return np.concatenate(self._probabilities) if self._probabilities else np.zeros(0, np.float32)
 
     def feed(self, block: np.ndarray) -> list[SpeechRegion]:
         """The regions that became final with this block."""
@@ -300,6 +306,7 @@ class SpeechFinder:
         return regions
 
     def _step(self, probs: np.ndarray) -> list[SpeechRegion]:
+        self._probabilities.append(probs)
         regions: list[SpeechRegion] = []
         # compared in float32, as faster-whisper compares the model's float32 scalars
         speech, silence = (probs >= self._threshold).tolist(), (probs < self._silence_threshold).tolist()
@@ -312,26 +319,69 @@ class SpeechFinder:
 
 
 def decoded_stretches(
-    regions: Iterable[SpeechRegion], bridge_gap_s: float, max_stretch_s: float | None = None
+    regions: Iterable[SpeechRegion],
+    bridge_gap_s: float,
+    window_s: float | None = None,
+    probabilities: np.ndarray | None = None,
+    silence: float = VadOptions().silence_threshold,
 ) -> list[SpeechRegion]:
     """The stretches the seek loop decodes: `regions` joined across pauses under `bridge_gap_s`.
 
-    With `max_stretch_s`, a stretch that would grow past it ends where the next region starts
-    instead (at most `max_stretch_s` after its own start), keeping the pause it bridged.
+    With `window_s`, a stretch longer than that is cut into pieces of at most `window_s`, each
+    cut at the quietest moment Silero heard (`probabilities`, one per frame) in the second half
+    of the piece it ends, so that a piece ends between sentences rather than inside a phrase.
     """
     bridge = bridge_gap_s * SAMPLE_RATE
-    limit = None if max_stretch_s is None else round(max_stretch_s * SAMPLE_RATE)
     stretches: list[SpeechRegion] = []
     for region in regions:
-        last = stretches[-1] if stretches else None
-        if last is None or region.start - last.end >= bridge:
-            stretches.append(region)
-        elif limit is None or region.end - last.start <= limit:
-            stretches[-1] = SpeechRegion(last.start, region.end)
+        if stretches and region.start - stretches[-1].end < bridge:
+            stretches[-1] = SpeechRegion(stretches[-1].start, region.end)
         else:
-            stretches[-1] = SpeechRegion(last.start, max(last.end, min(region.start, last.start + limit)))
             stretches.append(region)
-    return stretches
+    if window_s is None:
+        return stretches
+    limit = round(window_s * SAMPLE_RATE)
+    return [piece for s in stretches for piece in _cut(s, limit, probabilities, silence)]
+
+
+QUIET_WIDTH = 7  # frames (224 ms): a cut needs this much quiet around it, not a single low frame
+
+
+def _cut(stretch: SpeechRegion, limit: int, probabilities: np.ndarray | None, silence: float) -> list[SpeechRegion]:
+    """`stretch` in pieces of at most `limit` samples, each cut in the middle of the pause where
+    speech is least likely (the highest probability over QUIET_WIDTH frames around a frame is
+    the lowest, the latest such frame on ties; the pause: the frames around it below `silence`);
+    without probabilities, every `limit` samples."""
+    half = QUIET_WIDTH // 2
+    pieces: list[SpeechRegion] = []
+    start = stretch.start
+    while stretch.end - start > limit:
+        end = start + limit
+        first, last = -(-(start + limit // 2) // FRAME), (start + limit) // FRAME  # frames a piece may end at
+        if probabilities is not None and len(probabilities) and first < last:
+            lo, hi = first - half, last + half
+            around = probabilities[max(lo, 0) : min(hi, len(probabilities))]
+            if len(around):
+                around = np.pad(around, (max(-lo, 0), max(hi - len(probabilities), 0)), mode="edge")
+                quiet = np.lib.stride_tricks.sliding_window_view(around, QUIET_WIDTH).max(axis=1)
+                end = (
+                    _middle_of_pause(probabilities, last - 1 - int(np.argmin(quiet[::-1])), silence, first, last)
+                    * FRAME
+                )
+        pieces.append(SpeechRegion(start, end))
+        start = end
+    pieces.append(SpeechRegion(start, stretch.end))
+    return pieces
+
+
+def _middle_of_pause(probabilities: np.ndarray, frame: int, silence: float, first: int, last: int) -> int:
+    """The middle of the run of frames below `silence` around `frame`, kept within [first, last)."""
+    start = end = frame
+    while start > first and probabilities[start - 1] < silence:
+        start -= 1
+    while end + 1 < last and probabilities[end + 1] < silence:
+        end += 1
+    return (start + end + 1) // 2 if probabilities[frame] < silence else frame
 
 
 def _drain(detector: _Detector, padder: _Padder) -> list[SpeechRegion]:
