@@ -68,9 +68,7 @@ def model() -> SileroVad:
 
 def faster_options(faster_vad: Any, options: VadOptions) -> Any:
     """faster-whisper's VadOptions with our fields of the same names (bridge_gap_s and window_s are ours alone)."""
-    return faster_vad.VadOptions(
-        **{k: v for k, v in vars(options).items() if k not in {"bridge_gap_s", "window_s"}}
-    )
+    return faster_vad.VadOptions(**{k: v for k, v in vars(options).items() if k not in {"bridge_gap_s", "window_s"}})
 
 
 def fw_timestamps(faster_vad: Any, samples: np.ndarray, options: VadOptions, network: Any) -> list[tuple[int, int]]:

@@ -99,20 +99,33 @@ def _iter_s16(path: PathLike, sampling_rate: int) -> Iterator[np.ndarray]:
         if not container.streams.audio:
             raise NoAudioTrack(path)
         stream = container.streams.audio[0]
-        resampler, source = None, None
+        resampler, source, fifo = None, None, av.AudioFifo()
         decoded, formats = 0.0, 0  # seconds at the source rate; how many formats the stream had
+
+        def resampled(frame: av.AudioFrame | None) -> Iterator[np.ndarray]:
+            return (f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+
         for frame in _decoded_frames(container, stream):
             decoded += frame.samples / frame.sample_rate
             # A stream may change rate or layout midway (e.g. concatenated mp3s). The ffmpeg CLI
             # then builds a new converter without draining the old one; do the same.
             layout = (frame.format.name, frame.layout.name, frame.sample_rate)
             if layout != source:
-                resampler = av.AudioResampler(format="s16", layout="mono", rate=sampling_rate)
+                if fifo.samples:
+                    yield from resampled(fifo.read())
+                resampler, fifo = av.AudioResampler(format="s16", layout="mono", rate=sampling_rate), av.AudioFifo()
                 source = layout
                 formats += 1
-            yield from (f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+            # Frames go through the resampler a second or so at a time: one call per codec
+            # frame (1152 samples of an mp3) costs more than the conversion itself.
+            frame.pts = None  # the fifo checks timestamps are contiguous; damaged input skips some
+            fifo.write(frame)
+            if fifo.samples >= frame.sample_rate:
+                yield from resampled(fifo.read())
         if resampler is not None:
-            yield from (f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+            if fifo.samples:
+                yield from resampled(fifo.read())
+            yield from resampled(None)
         if formats == 1:  # a header describes one format; glued streams outgrow it
             _check_complete(path, stream, decoded)
 
@@ -344,23 +357,28 @@ class MelSource:
     the whole file and clamps every value to (global maximum - 8). To give the same numbers
     while holding only about one window of samples, the input is read twice: pass 1 streams it
     to find the sample count and that maximum, pass 2 streams it again as windows are asked
-    for. Inputs up to KEEP_SAMPLES long keep their pass-1 samples instead of decoding again.
+    for. Files up to KEEP_SAMPLES long keep their pass-1 samples instead of decoding again.
     """
 
-    KEEP_SAMPLES = 4 * N_SAMPLES  # 2 minutes: 7.7 MB of float32, cheaper than a second decode
+    KEEP_SAMPLES = 40 * N_SAMPLES  # 20 minutes: 38 MB of 16-bit samples, cheaper than a second decode
 
     def __init__(
-        self, open_chunks: Callable[[], Iterable[np.ndarray]], n_mels: int = 80, vad: VadOptions | None = None
+        self,
+        open_chunks: Callable[[], Iterable[np.ndarray]],
+        n_mels: int = 80,
+        vad: VadOptions | None = None,
+        keep: bool = False,
     ) -> None:
         """`open_chunks` starts a fresh pass over the 16 kHz samples each time it is called.
 
         With `vad`, Silero VAD listens to pass 1 too and `speech` holds the stretches of speech
         it found (see vad.decoded_stretches): what of the input the seek loop decodes (None
-        without: everything).
+        without: everything). With `keep`, pass 1's chunks, which must be 16-bit samples / 32768
+        as `iter_audio` decodes them, are kept (up to KEEP_SAMPLES) as 16 bits for pass 2.
         """
         self.n_mels = n_mels
         self._open_chunks = open_chunks
-        self._kept: list[np.ndarray] | None = []
+        self._kept: list[np.ndarray] | None = [] if keep else None
         self.speech: tuple[SpeechRegion, ...] | None = None
         self.n_samples, self._log_max = self._first_pass(vad)
         self._reader: _ForwardBuffer | None = None
@@ -373,7 +391,7 @@ class MelSource:
 
         With `vad`, `speech` says where the voice is (Silero VAD, in the same pass over the file).
         """
-        return cls(lambda: iter_audio(path), n_mels, vad)
+        return cls(lambda: iter_audio(path), n_mels, vad, keep=True)
 
     @classmethod
     def from_array(cls, audio: np.ndarray | torch.Tensor, n_mels: int = 80, vad: VadOptions | None = None) -> MelSource:
@@ -384,7 +402,10 @@ class MelSource:
 
     def _chunks(self) -> Generator[np.ndarray, None, None]:
         """Samples for a pass: kept pass-1 chunks, else a fresh decode (for close() to end)."""
-        yield from self._kept if self._kept is not None else self._open_chunks()
+        if self._kept is None:
+            yield from self._open_chunks()
+        else:
+            yield from (kept.astype(np.float32) / 32768.0 for kept in self._kept)
 
     def _first_pass(self, vad: VadOptions | None) -> tuple[int, float]:
         """Count the samples and find the maximum log-mel value over the whole padded input
@@ -400,7 +421,7 @@ class MelSource:
             nonlocal kept_samples
             for chunk in self._open_chunks():
                 if self._kept is not None:
-                    self._kept.append(chunk)
+                    self._kept.append((chunk * 32768.0).astype(np.int16))
                     kept_samples += len(chunk)
                     if kept_samples > self.KEEP_SAMPLES:
                         self._kept = None
