@@ -284,11 +284,16 @@ class SpeechFinder:
         self._detector, self._padder = _Detector(options), _Padder(options)
         self._threshold, self._silence_threshold = options.threshold, options.silence_threshold
         self._n_samples = self._pos = 0
-        self._probabilities: list[np.ndarray] = []  # 4 bytes a frame: 900 kB for two hours
+        # Where speech is cut into windows (`window_s`), the cuts look for the quietest frames:
+        # every frame's probability is kept, 4 bytes a frame (900 kB for two hours).
+        self._probabilities: list[np.ndarray] | None = [] if options.window_s is not None else None
 
     @property
-    def probabilities(self) -> np.ndarray:
-        """Every frame's speech probability so far (frame i: samples [512 i, 512 (i + 1)))."""
+    def probabilities(self) -> np.ndarray | None:
+        """With `window_s`, every frame's speech probability so far (frame i: samples
+        [512 i, 512 (i + 1))); else None."""
+        if self._probabilities is None:
+            return None
         return np.concatenate(self._probabilities) if self._probabilities else np.zeros(0, np.float32)
 
     def feed(self, block: np.ndarray) -> list[SpeechRegion]:
@@ -306,7 +311,8 @@ class SpeechFinder:
         return regions
 
     def _step(self, probs: np.ndarray) -> list[SpeechRegion]:
-        self._probabilities.append(probs)
+        if self._probabilities is not None:
+            self._probabilities.append(probs)
         regions: list[SpeechRegion] = []
         # compared in float32, as faster-whisper compares the model's float32 scalars
         speech, silence = (probs >= self._threshold).tolist(), (probs < self._silence_threshold).tolist()
