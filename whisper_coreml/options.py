@@ -102,7 +102,8 @@ class VadOptions:
         into pieces that fit a window, as faster-whisper's batched mode cuts it (at 30 s). 25 s,
         because Whisper tends to drop the last words of a window that speech fills to its end:
         on ../shared/speech/long (tiny.en, beam 5, before pieces were packed) pieces of 30 s
-        gave 9.7% WER, 25 s 7.8%, against 7.0% decoding in sequence."""
+        gave 9.7% WER, 25 s 7.8%, against 7.0% decoding in sequence; packed, 28 s gave 6.25%
+        and 25 s 6.10%, against 5.71% in sequence."""
         return replace(self, window_s=seconds)
 
     @property
