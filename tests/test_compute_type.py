@@ -17,7 +17,14 @@ from whisper_coreml.engines import COMPUTE_TYPES, check_compute_type
 from whisper_coreml.engines import precision as precision_module
 from whisper_coreml.engines import quantize as quantize_module
 from whisper_coreml.engines.precision import cpu_has_bfloat16, resolve_precision
-from whisper_coreml.engines.quantize import MIN_FEW_ROW_WEIGHTS, MIN_FEW_ROW_WEIGHTS_NO_VNNI, Int8Linear, cpu_has
+from whisper_coreml.engines.quantize import (
+    MIN_FEW_ROW_WEIGHTS,
+    MIN_FEW_ROW_WEIGHTS_NO_VNNI,
+    HalfWeightLinear,
+    Int8Linear,
+    cpu_has,
+    half_weights_available,
+)
 from whisper_coreml.errors import ModelError
 from whisper_coreml.model import LayerNorm
 from whisper_coreml.settings import Choices, build_settings
@@ -112,17 +119,18 @@ def test_layers_are_in_the_formats_the_type_names(
         assert isinstance(engine.logits.weight, Int8Linear)  # the vocabulary projection, the largest layer
     for half, fmt in formats.items():
         module = getattr(engine.model, half)
-        linears = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
+        linears = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, Int8Linear, HalfWeightLinear))]
         if fmt == "int8":
             assert any(isinstance(m, Int8Linear) for m in linears)
+            min_few = MIN_FEW_ROW_WEIGHTS if cpu_has("vnni") else MIN_FEW_ROW_WEIGHTS_NO_VNNI
             for name, m in module.named_modules():
-                if isinstance(m, torch.nn.Linear):  # int8 where it pays and keeps the text: see the engine
-                    assert m.weight.dtype == torch.float32, name
-                    if half == "encoder":  # the first block, which carries half of int8's error
-                        assert name.startswith("blocks.0."), name
-                        continue
+                if isinstance(m, HalfWeightLinear):  # too small for int8 to pay: float16 weights
+                    assert half == "decoder" and m.in_features * m.out_features < min_few, name
                     assert not name.endswith(("cross_attn.key", "cross_attn.value")), name
-                    assert m.weight.numel() < (MIN_FEW_ROW_WEIGHTS if cpu_has("vnni") else MIN_FEW_ROW_WEIGHTS_NO_VNNI)
+                elif isinstance(m, torch.nn.Linear):  # int8 where it pays and keeps the text: see the engine
+                    assert m.weight.dtype == torch.float32, name
+                    # the encoder's first block, which carries half of int8's error
+                    assert half == "encoder" and name.startswith("blocks.0."), name
         else:
             assert all(m.weight.dtype == getattr(torch, fmt) for m in linears)
         norms = [p for m in module.modules() if isinstance(m, LayerNorm) for p in m.parameters()]
@@ -156,10 +164,36 @@ def test_int8_scales_rows_on_their_own_where_products_saturate(monkeypatch: pyte
             model = copy.deepcopy(layers)
             quantize_module.quantize_linears(model, quantize_module.MANY_ROWS)
             assert all(isinstance(m, Int8Linear) and m.per_row is not vnni for m in model)
-            # a few-row layer of base's decoder MLP size: int8 with VNNI, float32 without
+            # a few-row layer of base's decoder MLP size: int8 with VNNI, float16 weights without
             mlp = torch.nn.Sequential(torch.nn.Linear(512, 2048))
             quantize_module.quantize_linears(mlp, quantize_module.FEW_ROWS)
             assert isinstance(mlp[0], Int8Linear) is vnni
+
+
+def test_small_few_row_layers_keep_float16_weights_and_float32_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoder layer too small for int8 keeps its weights in float16: its output is float32's
+    product over the weights rounded to float16, whatever the rows beside it, and a CPU without
+    fbgemm's kernel keeps the layer float32."""
+    if not half_weights_available():
+        pytest.skip("this PyTorch has no float16-weight product on this CPU")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(384, 1536)
+    model = torch.nn.Sequential(layer)
+    quantize_module.quantize_linears(model, quantize_module.FEW_ROWS)
+    half = model[0]
+    assert isinstance(half, HalfWeightLinear) and (half.in_features, half.out_features) == (384, 1536)
+    x = torch.randn(5, 1, 384)
+    rounded = torch.nn.functional.linear(x, layer.weight.half().float(), layer.bias)
+    with torch.inference_mode():
+        out = half(x)
+        assert out.dtype == torch.float32 and out.shape == (5, 1, 1536)
+        torch.testing.assert_close(out, rounded, rtol=0, atol=1e-4)  # only the sums' order differs
+        assert (out - layer(x)).abs().max() > 0  # the weights really are rounded
+        torch.testing.assert_close(half(x[:1]), out[:1], rtol=0, atol=1e-5)
+    monkeypatch.setattr(quantize_module, "half_weights_available", lambda: False)
+    plain = torch.nn.Sequential(torch.nn.Linear(384, 1536))
+    quantize_module.quantize_linears(plain, quantize_module.FEW_ROWS)
+    assert type(plain[0]) is torch.nn.Linear and plain[0].weight.dtype == torch.float32
 
 
 def test_int8_attends_to_the_audio_in_bfloat16_where_the_cpu_has_it(
