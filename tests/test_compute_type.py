@@ -231,8 +231,8 @@ def test_int8_attends_to_the_audio_in_bfloat16_where_the_cpu_has_it(
     attention = engine.model.decoder.blocks[0].cross_attn
     x = torch.randn(5, 1, engine.dims.n_text_state)
     with torch.inference_mode():
-        ours = attention.attend(x, *kv[0])
-        full = attention.attend(x, kv[0][0].float(), kv[0][1].float())
+        ours = attention.attend(attention.query(x), *kv[0])
+        full = attention.attend(attention.query(x), kv[0][0].float(), kv[0][1].float())
     assert ours.dtype == torch.float32
     assert torch.allclose(ours, full, rtol=0.02, atol=0.02 * full.abs().max().item())
 

@@ -11,6 +11,7 @@ import torch
 
 import whisper_coreml as wc
 from whisper_coreml.audio import MelSource
+from whisper_coreml.engines import pytorch as pytorch_engine
 from whisper_coreml.engines.pytorch import RowSplitLinear, TorchEngine
 from whisper_coreml.model import ModelDimensions, Whisper
 from whisper_coreml.tokenizer import Tokenizer
@@ -209,6 +210,31 @@ def test_one_row_steps_run_their_layers_on_every_thread_bit_for_bit(
         assert all(np.array_equal(a, b) for a, b in zip(together, steps(), strict=True))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_int8_self_attention_projects_query_key_and_value_in_one_product_bit_for_bit(
+    tiny_weights: Weights, case: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under int8 each decoder block's self-attention stacks its query, key and value into one
+    product (`fuse_self_attention`): the same logits, to the bit, as three products give, for one
+    row and for five; float32 keeps the three layers."""
+    if case["name"] != "tiny.en":
+        pytest.skip("one model is enough")
+    fused = TorchEngine(tiny_weights, "cpu", "int8")
+    assert all(b.attn.qkv is not None and not hasattr(b.attn, "query") for b in fused.model.decoder.blocks)
+    assert all(b.attn.qkv is None for b in TorchEngine(tiny_weights, "cpu", "float32").model.decoder.blocks)
+    monkeypatch.setattr(pytorch_engine, "fuse_self_attention", lambda decoder: None)
+    apart = TorchEngine(tiny_weights, "cpu", "int8")
+    assert all(b.attn.qkv is None for b in apart.model.decoder.blocks)
+
+    def steps(engine: TorchEngine, rows: int) -> list[np.ndarray]:
+        session = engine.decoder(engine.encode(case["mel"][0].numpy()), rows)
+        tokens = np.repeat(case["tokens"].numpy(), rows, axis=0)
+        session.step(tokens[:, :4])
+        return [session.step(tokens[:, i : i + 1]) for i in range(4, 10)]
+
+    for rows in (1, 5):
+        assert all(np.array_equal(a, b) for a, b in zip(steps(fused, rows), steps(apart, rows), strict=True))
 
 
 def test_dims_of_the_packaged_models(tiny_weights: Weights, base_weights: Weights) -> None:
