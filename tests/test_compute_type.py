@@ -17,12 +17,11 @@ from whisper_coreml.engines import COMPUTE_TYPES, check_compute_type
 from whisper_coreml.engines import precision as precision_module
 from whisper_coreml.engines import quantize as quantize_module
 from whisper_coreml.engines.precision import cpu_has_bfloat16, resolve_precision
+from whisper_coreml.engines.pytorch import REFINED
 from whisper_coreml.engines.quantize import (
     MIN_FEW_ROW_WEIGHTS,
-    MIN_FEW_ROW_WEIGHTS_NO_VNNI,
     HalfWeightLinear,
     Int8Linear,
-    cpu_has,
     half_weights_available,
 )
 from whisper_coreml.errors import ModelError
@@ -121,16 +120,21 @@ def test_layers_are_in_the_formats_the_type_names(
         module = getattr(engine.model, half)
         linears = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, Int8Linear, HalfWeightLinear))]
         if fmt == "int8":
-            assert any(isinstance(m, Int8Linear) for m in linears)
-            min_few = MIN_FEW_ROW_WEIGHTS if cpu_has("vnni") else MIN_FEW_ROW_WEIGHTS_NO_VNNI
+            # tiny's decoder: the vocabulary's ranking above; its layers are float16 or bfloat16 here
+            assert half == "decoder" or any(isinstance(m, Int8Linear) for m in linears)
+            audio_kv = ("cross_attn.key", "cross_attn.value")
             for name, m in module.named_modules():
                 if isinstance(m, HalfWeightLinear):  # too small for int8 to pay: float16 weights
-                    assert half == "decoder" and m.in_features * m.out_features < min_few, name
-                    assert not name.endswith(("cross_attn.key", "cross_attn.value")), name
+                    assert half == "decoder" and m.in_features * m.out_features < MIN_FEW_ROW_WEIGHTS, name
+                    assert not name.endswith(audio_kv), name
+                elif isinstance(m, torch.nn.Linear) and half == "decoder":
+                    # keys/values of the audio frames, projected in the format they are kept in
+                    assert name.endswith(audio_kv) and engine.precision.attention == "bfloat16", name
+                    assert m.weight.dtype == torch.bfloat16, name
                 elif isinstance(m, torch.nn.Linear):  # int8 where it pays and keeps the text: see the engine
                     assert m.weight.dtype == torch.float32, name
                     # the encoder's first block, which carries half of int8's error
-                    assert half == "encoder" and name.startswith("blocks.0."), name
+                    assert name.startswith("blocks.0."), name
         else:
             assert all(m.weight.dtype == getattr(torch, fmt) for m in linears)
         norms = [p for m in module.modules() if isinstance(m, LayerNorm) for p in m.parameters()]
@@ -155,8 +159,9 @@ def test_int8_keeps_the_encoder_near_float32_on_this_cpu(
 
 def test_int8_scales_rows_on_their_own_where_products_saturate(monkeypatch: pytest.MonkeyPatch) -> None:
     """Many-row layers share one scale a call only where the CPU multiplies with VNNI; rows scaled
-    on their own quantize to 8 bits everywhere (their pinned range does not saturate). Without
-    VNNI, few-row layers are int8 from twice the size (base's decoder MLP stays float32)."""
+    on their own quantize to 8 bits everywhere (their pinned range does not saturate). Few-row
+    layers are int8 from `MIN_FEW_ROW_WEIGHTS` up on every CPU: base's decoder MLP keeps float16
+    weights, small's is int8."""
     layers = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
     with monkeypatch.context() as patch:
         for vnni in (True, False):
@@ -164,10 +169,10 @@ def test_int8_scales_rows_on_their_own_where_products_saturate(monkeypatch: pyte
             model = copy.deepcopy(layers)
             quantize_module.quantize_linears(model, quantize_module.MANY_ROWS)
             assert all(isinstance(m, Int8Linear) and m.per_row is not vnni for m in model)
-            # a few-row layer of base's decoder MLP size: int8 with VNNI, float16 weights without
-            mlp = torch.nn.Sequential(torch.nn.Linear(512, 2048))
+            mlp = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.Linear(768, 3072))
             quantize_module.quantize_linears(mlp, quantize_module.FEW_ROWS)
-            assert isinstance(mlp[0], Int8Linear) is vnni
+            assert not isinstance(mlp[0], Int8Linear) and isinstance(mlp[1], Int8Linear)
+            assert mlp[1].per_row
 
 
 def test_small_few_row_layers_keep_float16_weights_and_float32_products(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -228,6 +233,14 @@ def test_int8_attends_to_the_audio_in_bfloat16_where_the_cpu_has_it(
     # bfloat16 attention adds little to what int8's products already move (~8% of the norm)
     assert (ours - exact).norm() < 1.2 * (full - exact).norm()
     assert all(k.dtype == v.dtype == torch.bfloat16 for k, v in kv)
+    # and projected in it from the audio frames (1500 rows: AMX's bfloat16 beats int8 there, and is nearer)
+    key = engine.model.decoder.blocks[0].cross_attn.key
+    exact_key = model_in("float32").engine.model.decoder.blocks[0].cross_attn.key
+    assert type(key) is torch.nn.Linear and key.weight.dtype == torch.bfloat16
+    with torch.inference_mode():
+        frames = exact[0]
+        ours, full = key(frames.to(torch.bfloat16)).float(), exact_key(frames)
+    assert (ours - full).norm() < 0.01 * full.norm()
     attention = engine.model.decoder.blocks[0].cross_attn
     x = torch.randn(5, 1, engine.dims.n_text_state)
     with torch.inference_mode():
@@ -235,6 +248,36 @@ def test_int8_attends_to_the_audio_in_bfloat16_where_the_cpu_has_it(
         full = attention.attend(attention.query(x), kv[0][0].float(), kv[0][1].float())
     assert ours.dtype == torch.float32
     assert torch.allclose(ours, full, rtol=0.02, atol=0.02 * full.abs().max().item())
+
+
+def test_int8_vocabulary_projection_ranks_in_int8_and_scores_the_best_in_float16(
+    model_in: Callable[[str], wc.WhisperModel], speech: Callable[[str], Path]
+) -> None:
+    """Each row's best logits are the float32 products over the float16 token table, not int8's:
+    every choice decoding makes is among them (real hidden states: tiny.en on a clip's own text)."""
+    from whisper_coreml.audio import MelSource
+
+    model = model_in("int8")
+    engine, tokenizer = model.engine, model.tokenizer
+    tokens = [t for s in model.transcribe(speech(CLIPS[2])).segments for t in s.tokens]
+    with MelSource.from_file(speech(CLIPS[2]), engine.dims.n_mels) as source:
+        kv = engine.encode(source.window(0))
+    with torch.inference_mode():
+        hidden, _ = engine.model.decoder(torch.tensor([[*tokenizer.sot_sequence, *tokens]]), kv)
+        logits = engine.logits(hidden)[0]
+        h = engine.model.decoder.ln(hidden)[0].float()
+        table = engine.model.decoder.token_embedding.weight
+        assert table.dtype == torch.float16
+        reference = h @ table.float().T
+        ranked = engine.logits.weight(h)  # int8 alone
+        alone = engine.logits(hidden[:, 3:4])[0]
+    best = reference.topk(5, dim=-1).indices
+    assert torch.equal(logits.argmax(-1), reference.argmax(-1))
+    torch.testing.assert_close(logits.gather(1, best), reference.gather(1, best), rtol=0, atol=1e-4)
+    # int8 alone is ~100x further off where it matters: the refinement is what makes them equal
+    assert (ranked.gather(1, best) - reference.gather(1, best)).abs().max() > 0.01
+    assert logits.shape[-1] == engine.dims.n_vocab and REFINED >= 5
+    torch.testing.assert_close(alone, logits[3:4], rtol=0, atol=0)  # a row's logits are its own
 
 
 def test_what_auto_and_the_default_mean_where(monkeypatch: pytest.MonkeyPatch) -> None:

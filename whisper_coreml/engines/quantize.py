@@ -42,15 +42,16 @@ from torch import Tensor, nn
 
 # Rows at which a layer counts as "many": the encoder's 1500 frames, the cross-attention keys and values.
 FEW_ROWS, MANY_ROWS = "few", "many"
-# A few-row layer smaller than this stays float32: its product is over before the weights' traffic
-# matters, and the per-row scaling around the int8 kernel costs more than it saves (5 rows, this
-# Xeon: 384x384 23-52 us in float32 against 74-82 us in int8, 384x1536 69 against 91 us;
-# 512x2048 195 against 108 us, 1280x1280 409 against 129 us).
-MIN_FEW_ROW_WEIGHTS = 1 << 20
-# Without VNNI, from twice that: base's decoder MLP (512 x 2048) stays float32 there. In int8 it
-# sent base into a repetition on a file's closing silence (AMD EPYC, greedy, `long/`: WER 9.94%
-# against float32's 7.56%; 7.28% with it float32, at 1.07x the time).
-MIN_FEW_ROW_WEIGHTS_NO_VNNI = 1 << 21
+# A few-row layer smaller than this keeps float16 weights (`HalfWeightLinear`): its product is over
+# before int8's smaller traffic pays for the per-row scaling around the kernel (5 rows, a Xeon:
+# 384x384 23-52 us in float32 against 74-82 us in int8), and int8 moves the text. base's decoder
+# MLP (512 x 2048) is below it: in int8 it moved base's logits on a Xeon with VNNI (teacher-forced
+# on `en/`, the vocabulary's best logits recomputed as `pytorch.Projection` does: the top-2 margin
+# off float32's by 0.102 on average, 0.055 with the MLP in float16, at
+# 1.05x the step's time; argmax changed at 5 of 745 tokens, then 1), and sent base into a repetition
+# on a file's closing silence on an AMD EPYC without VNNI (greedy `long/`: WER 9.94% against
+# float32's 7.56%). Larger models' MLPs (small's 768 x 3072 on) are int8.
+MIN_FEW_ROW_WEIGHTS = 1 << 21
 
 
 def int8_available() -> bool:
@@ -178,15 +179,14 @@ def quantize_linears(module: nn.Module, rows: str, many_rows: tuple[str, ...] = 
     Layers see `rows` rows at a time, except those whose qualified names end with one of
     `many_rows`, which see many (the decoder's cross-attention keys and values: 1500 frames).
     Few-row layers quantize their activations row by row (`Int8Linear`'s `per_row`), and only
-    from `MIN_FEW_ROW_WEIGHTS` up (`MIN_FEW_ROW_WEIGHTS_NO_VNNI` without VNNI); below it they
-    keep their weights in float16 (`HalfWeightLinear`) where the CPU has the kernel, else float32:
-    tiny's decoder layers, base's attention (without VNNI, all of base's decoder layers).
+    from `MIN_FEW_ROW_WEIGHTS` up; below it they keep their weights in float16
+    (`HalfWeightLinear`) where the CPU has the kernel, else float32: all of tiny's and base's
+    decoder layers.
     Many-row layers scale rows on their own too on a CPU without VNNI, whose products saturate
     otherwise (module doc). Layers whose qualified names start with one of `keep` stay float32.
     """
     few, many = kernel_library(rows), kernel_library(MANY_ROWS)
     no_vnni = not cpu_has("vnni")
-    min_few = MIN_FEW_ROW_WEIGHTS_NO_VNNI if no_vnni else MIN_FEW_ROW_WEIGHTS
     for name, child in list(module.named_modules()):
         for attribute, layer in list(child.named_children()):
             if isinstance(layer, nn.Linear):
@@ -194,7 +194,7 @@ def quantize_linears(module: nn.Module, rows: str, many_rows: tuple[str, ...] = 
                 if qualified.startswith(keep):
                     continue
                 is_many = rows == MANY_ROWS or qualified.endswith(many_rows)
-                if is_many or layer.weight.numel() >= min_few:
+                if is_many or layer.weight.numel() >= MIN_FEW_ROW_WEIGHTS:
                     per_row = no_vnni or not is_many
                     setattr(child, attribute, Int8Linear.of(layer, many if is_many else few, per_row=per_row))
                 elif half_weights_available():
