@@ -75,7 +75,9 @@ def measure(system: str, files: list[Path], args: argparse.Namespace, warmup: Pa
     spec = {"files": [str(f) for f in files], "system": system, "batch_size": args.batch_size,
             "model": args.model, "threads": args.threads, "warmup": str(warmup),
             "compute_type": args.compute_type, "faster_compute_type": args.faster_compute_type}  # fmt: skip
-    env = {**longform.child_env(args.threads)}
+    # Each system runs alone, so OpenMP waits as each runtime (and our CLI) sets it; longform.py's
+    # short spinning, for peers sharing the machine, made our one-window-at-a-time run 1.6-2x slower.
+    env = {k: v for k, v in longform.child_env(args.threads).items() if k not in longform.OPENMP or k in os.environ}
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
                           env=env, check=False)  # fmt: skip
     if done.returncode != 0:
