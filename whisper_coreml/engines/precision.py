@@ -14,7 +14,13 @@ all eight cells and its WER moved -2.38 to +0.35 points from float32's (within 0
 +0.35 is 2 words of 580, tiny.en greedy on `en/`), where int8 moved -2.52 to +0.42. Its encoder
 is the reason: bfloat16 there was both faster than int8's products (tiny.en 126 vs 141 ms a
 window, base 209 vs 281) and nearer float32's output (1-2% of the norm against 7.5-16.5%).
-int8, the other CPUs' choice, took 0.47-0.82x float32's time in session 9 and moved WER -1.54
+Session 16, the same Xeon, after the int8 decoder's changes for accuracy (its vocabulary
+ranked in int8 and its best logits scored in float16, base's MLP in float16, the audio's keys
+and values projected in bfloat16): the decoder's logits, teacher-forced on `en/`, sit as near
+float32's as the bfloat16 type's (top-2 margin off by 0.018-0.020 on average, from 0.10-0.17),
+the encoder's bfloat16 the rest; WER -0.28 to +0.14 points in seven cells, +0.56 in base beam 5
+`long/` (two words each written as one and as two: "lower case"), at 0.34-0.69x faster-whisper
+int8's time. int8, the other CPUs' choice, took 0.47-0.82x float32's time in session 9 and moved WER -1.54
 to +0.28 (but one file of tiny.en greedy `long/` fell into a repetition loop that the
 temperature fallback decoded again). On an AMD EPYC without VNNI (session 12: tiny.en and
 base, greedy and beam 5, after quantize.py's changes for such CPUs) int8 moved WER -0.28 to
@@ -40,10 +46,11 @@ class Precision:
 
     `attention` is the format attention over the 1500 audio frames runs in, where int8 leaves
     float32 activations around its int8 products (None: the activations'). Under int8 on a CPU
-    with native bfloat16 it is bfloat16. The decoder's cross-attention keys and values are kept
-    in it: every step reads them whole (18 MB a window for tiny.en in float32), one window per
-    row group, so batching does not share them as it shares weights, and PyTorch's fused
-    attention runs 1.1-2.8x faster on them (1 to 35 queries over 1500 keys). The encoder's
+    with native bfloat16 it is bfloat16. The decoder's cross-attention keys and values are
+    projected and kept in it: every step reads them whole (18 MB a window for tiny.en in
+    float32), one window per row group, so batching does not share them as it shares weights,
+    and PyTorch's fused attention runs 1.1-2.8x faster on them (1 to 35 queries over 1500 keys);
+    their projection is 1500 rows, where bfloat16 is nearer float32 than int8. The encoder's
     self-attention meets in it too: 1500 x 1500 per head, 2.1x faster than in float32.
     """
 
