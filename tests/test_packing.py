@@ -47,9 +47,25 @@ def test_a_pack_puts_times_back_on_the_file_clock() -> None:
     assert [(w.start, w.end) for w in placed.words or ()] == [(10.5, 11.0), (12.9, 13.0), (50.0, 50.0), (50.2, 50.6)]
     assert (placed.start, placed.end) == (10.5, 50.6)
     assert (bare.start, bare.end) == (50.0, 13.0)  # a start in a gap goes forward, an end back
-    assert pack.unheard([placed]) == []
-    assert pack.unheard([segment(10.5, 11.0)]) == [(5000, 5400)]
-    assert pack.unheard([segment(10.5, 11.0), segment(50.0, 50.5, text=" ")]) == [(5000, 5400)]
+    voiced = [(990, 1300), (5000, 5400)]  # Silero's regions: the spans here
+    assert pack.unheard([placed], voiced) == []
+    assert pack.unheard([segment(10.5, 11.0)], voiced) == [(5000, 5400)]
+    assert pack.unheard([segment(10.5, 11.0), segment(50.0, 50.5, text=" ")], voiced) == [(5000, 5400)]
+
+
+def test_a_quiet_voice_the_decoder_passed_over_inside_a_stretch_is_found() -> None:
+    """A stretch bridges Silero's regions across short pauses; a region with no words in it is
+    speech the window passed over (base, batched, on the mfa recording: a hoarse sentence after a
+    pause), even where the rest of its stretch has words; it is decoded with the pause before it,
+    where Silero may have missed the voice's start. Unheard neighbours come as one."""
+    pack = Pack(((1782, 3632), (5000, 5400)), 2)
+    voiced = [(69, 2574), (2978, 3298), (3461, 5244)]
+    words = (Word(18.7, 25.2, " words", 0.9),)
+    heard = segment(18.7, 25.2, words=words)
+    assert pack.unheard([heard], voiced) == [(2574, 3632), (5000, 5244)]
+    assert pack.unheard([heard, segment(30.0, 31.0)], voiced) == [(3298, 3632), (5000, 5244)]
+    assert pack.unheard([heard, segment(30.0, 31.0), segment(35.0, 35.5), segment(51.0, 52.0)], voiced) == []
+    assert pack.unheard([], voiced) == [(1782, 3632), (5000, 5244)]  # a span with nothing: its voice whole
 
 
 def test_a_pack_reads_its_stretches_with_silence_between(audio: Callable[[str], np.ndarray]) -> None:

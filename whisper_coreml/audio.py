@@ -380,6 +380,8 @@ class MelSource:
         self._open_chunks = open_chunks
         self._kept: list[np.ndarray] | None = [] if keep else None
         self.speech: tuple[SpeechRegion, ...] | None = None
+        # the regions Silero heard before `speech` bridged and cut them: where a window must find words
+        self.voiced: tuple[SpeechRegion, ...] | None = None
         self.n_samples, self._log_max = self._first_pass(vad)
         self._reader: _ForwardBuffer | None = None
         self._stream: Generator[np.ndarray, None, None] | None = None
@@ -442,6 +444,7 @@ class MelSource:
             from .vad import decoded_stretches
 
             regions = [*speech, *finder.finish()]
+            self.voiced = tuple(regions)
             self.speech = tuple(
                 decoded_stretches(regions, vad.bridge_gap_s, vad.window_s, finder.probabilities, vad.silence_threshold)
             )

@@ -117,19 +117,35 @@ class Pack:
             span = before if start - self._end(before) < self.starts[after] - end else after
         return replace(word, start=self._to_file(word.start, span), end=self._to_file(word.end, span))
 
-    def unheard(self, placed: Sequence[Segment]) -> list[tuple[int, int]]:
-        """The spans in which `placed` (this pack's segments, on the file's clock) has no text:
-        speech VAD heard that the decoder passed over, as Whisper sometimes does with a short
-        line between longer ones."""
+    def unheard(self, placed: Sequence[Segment], voiced: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Where in this pack VAD heard a voice (`voiced`: its regions' frames in the file, before
+        bridging) and `placed` (this pack's segments, on the file's clock) has no text: speech the
+        decoder passed over, as Whisper sometimes does with a short line between longer ones, or
+        a quiet voice after a pause. Each comes with the pause before it in its span, as the seek
+        loop decodes a bridged pause (Silero may have missed a voice's start there), and unheard
+        regions of a span next to each other come as one."""
         heard: list[tuple[float, float]] = []
         for s in placed:
             if s.text.strip():
                 heard += [(w.start, w.end) for w in s.words] if s.words else [(s.start, s.end)]
-        return [
-            (a, b)
-            for a, b in self.spans
-            if not any(t0 < b / FRAMES_PER_SECOND and t1 > a / FRAMES_PER_SECOND for t0, t1 in heard)
-        ]
+        missed: list[tuple[int, int]] = []
+        for a, b in self.spans:
+            run: tuple[int, int] | None = None
+            previous_end = a
+            for v0, v1 in voiced:
+                lo, hi = max(a, v0), min(b, v1)
+                if lo >= hi:
+                    continue
+                if any(t0 < hi / FRAMES_PER_SECOND and t1 > lo / FRAMES_PER_SECOND for t0, t1 in heard):
+                    if run is not None:
+                        missed.append(run)
+                    run = None
+                else:
+                    run = (previous_end, hi) if run is None else (run[0], hi)
+                previous_end = hi
+            if run is not None:
+                missed.append(run)
+        return missed
 
     def _end(self, span: int) -> int:
         return self.starts[span] + self.spans[span][1] - self.spans[span][0]

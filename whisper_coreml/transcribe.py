@@ -389,6 +389,7 @@ def seek_loop(
             decoded = yield from decode_clips(view, [(0, view.n_frames)], 1, start, [], lambda *_: None)
             return pack.place(decoded)
 
+        voiced = [(r.start // HOP_LENGTH, -(-r.end // HOP_LENGTH)) for r in source.voiced or ()]
         in_order = _InOrder(record, len(before), len(packs), source, [p.spans[0] for p, _ in packs])
         loops = []
         for k, (pack, upto) in enumerate(packs):
@@ -396,9 +397,11 @@ def seek_loop(
 
             def decode_pack(pack: Pack = pack, k: int = k, after: SeekState = after) -> Loop:
                 placed = yield from decode_packed(pack)
-                if len(pack.spans) > 1:  # a line the decoder passed over in the pack, decoded alone
-                    for span in pack.unheard(placed):
-                        placed += yield from decode_packed(Pack((span,), 1))
+                # speech the decoder passed over in the pack, decoded alone (unless it is the pack)
+                missed = [span for span in pack.unheard(placed, voiced) if (span,) != pack.spans]
+                for span in missed:
+                    placed += yield from decode_packed(Pack((span,), 1))
+                if missed:
                     placed.sort(key=lambda s: s.start)
                 in_order.window(k, after, placed)
                 return placed
