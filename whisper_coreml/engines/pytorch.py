@@ -18,8 +18,8 @@ from .precision import resolve_precision
 from .quantize import FEW_ROWS, MANY_ROWS, Int8Linear, kernel_library, quantize_linears
 
 # The format activations flow in through each half; int8 layers take and give float32.
-REFINED = 16  # logits of each row an int8 vocabulary projection computes again (Projection)
 ACTIVATIONS = {"float32": torch.float32, "int8": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REFINED = 16  # logits of each row an int8 vocabulary projection computes again (Projection)
 
 
 def pick_device(device: str | None) -> torch.device:
