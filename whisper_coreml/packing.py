@@ -119,7 +119,7 @@ class Pack:
 
     def unheard(self, placed: Sequence[Segment], voiced: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
         """Where in this pack VAD heard a voice (`voiced`: its regions' frames in the file, before
-        bridging) and `placed` (this pack's segments, on the file's clock) has no text: speech the
+        bridging, in order) and `placed` (this pack's segments, on the file's clock) has no text: speech the
         decoder passed over, as Whisper sometimes does with a short line between longer ones, or
         a quiet voice after a pause. Each comes with the pause before it in its span, as the seek
         loop decodes a bridged pause (Silero may have missed a voice's start there), and unheard
@@ -133,6 +133,8 @@ class Pack:
             run: tuple[int, int] | None = None
             previous_end = a
             for v0, v1 in voiced:
+                if v0 >= b:  # in order: the rest lie past this span
+                    break
                 lo, hi = max(a, v0), min(b, v1)
                 if lo >= hi:
                     continue

@@ -19,7 +19,7 @@ from .quantize import FEW_ROWS, MANY_ROWS, Int8Linear, kernel_library, quantize_
 
 # The format activations flow in through each half; int8 layers take and give float32.
 ACTIVATIONS = {"float32": torch.float32, "int8": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-REFINED = 16  # logits of each row an int8 vocabulary projection computes again (Projection)
+REFINED = 16  # logits of each row an int8 vocabulary projection computes again (RankedProjection)
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -169,35 +169,41 @@ def pack_for_onednn(weight: Tensor, rows: int = 5) -> Tensor | None:
 
 
 class Projection:
-    """The final norm and the vocabulary projection in the weights' own format; float32 logits.
+    """The final norm and the vocabulary projection in the weights' own format, (n_state, n_vocab);
+    float32 logits. A half-precision product is what openai-whisper computes on GPUs too."""
 
-    `weight` is (n_state, n_vocab), or an `Int8Linear` that ranks the vocabulary, after which
-    each row's `REFINED` best logits are computed again in float32 from `table`'s float16 rows.
+    def __init__(self, norm: nn.Module, weight: Tensor) -> None:
+        self.norm = norm
+        self.weight = weight
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        return (self.norm(hidden).to(self.weight.dtype) @ self.weight).float()
+
+
+class RankedProjection:
+    """The final norm and an int8 vocabulary projection (`weight`) that ranks the vocabulary, after
+    which each row's `REFINED` best logits are computed again in float32 from `table`'s float16 rows.
+
     Every choice decoding makes is among those few (the argmax, the beams' candidates, the
     timestamp rule against the best text token, the no-speech gate), so it sees float16's
     accuracy at int8's traffic: int8's 8-bit activations moved tiny.en's logits far more than
     any other layer did (teacher-forced on `en/`, a Xeon: the top-2 margin off float32's by
     0.100 on average, 0.039 refined; the argmax changed at 10 of 723 tokens, then 3; a float16
-    projection is as near and 1.1x the step's time, the refinement 1.02x). A half-precision
-    product is what openai-whisper computes on GPUs too.
+    projection is as near and 1.1x the step's time, the refinement 1.02x).
     """
 
-    def __init__(self, norm: nn.Module, weight: Tensor | Int8Linear, table: nn.Embedding | None = None) -> None:
+    def __init__(self, norm: nn.Module, weight: Int8Linear, table: nn.Embedding) -> None:
         self.norm = norm
         self.weight = weight
         self.table = table  # the token embedding: the engine converts it to float16 after this is made
 
     def __call__(self, hidden: Tensor) -> Tensor:
-        h = self.norm(hidden)
-        if not isinstance(self.weight, Int8Linear):
-            return (h.to(self.weight.dtype) @ self.weight).float()
-        h = h.float()
+        h = self.norm(hidden).float()
         logits = self.weight(h)
-        if self.table is not None:
-            rows, flat = h.reshape(-1, h.shape[-1]), logits.view(-1, logits.shape[-1])
-            best = flat.topk(REFINED, dim=-1).indices
-            # each row's own products, summed alone: a row's logits do not depend on the rows beside it
-            flat.scatter_(1, best, (self.table.weight[best].float() * rows[:, None]).sum(-1))
+        rows, flat = h.reshape(-1, h.shape[-1]), logits.view(-1, logits.shape[-1])
+        best = flat.topk(REFINED, dim=-1).indices
+        # each row's own products, summed alone: a row's logits do not depend on the rows beside it
+        flat.scatter_(1, best, (self.table.weight[best].float() * rows[:, None]).sum(-1))
         return logits
 
 
@@ -364,7 +370,7 @@ class TorchEngine:
         embedding = decoder.token_embedding
         if self.precision.decoder == "int8":
             ranking = Int8Linear(embedding.weight, None, kernel_library(FEW_ROWS), per_row=True)
-            return Projection(decoder.ln, ranking, embedding)
+            return RankedProjection(decoder.ln, ranking, embedding)
         # Store the tied embedding column-major: the per-token vocabulary projection then reads
         # contiguous memory (twice as fast on CPU), and token lookups barely notice. On a
         # CPU the columns are padded to a whole number of blocks, one a thread (BlockedProjection).

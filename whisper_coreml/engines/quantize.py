@@ -46,7 +46,7 @@ FEW_ROWS, MANY_ROWS = "few", "many"
 # before int8's smaller traffic pays for the per-row scaling around the kernel (5 rows, a Xeon:
 # 384x384 23-52 us in float32 against 74-82 us in int8), and int8 moves the text. base's decoder
 # MLP (512 x 2048) is below it: in int8 it moved base's logits on a Xeon with VNNI (teacher-forced
-# on `en/`, the vocabulary's best logits recomputed as `pytorch.Projection` does: the top-2 margin
+# on `en/`, the vocabulary's best logits recomputed as `pytorch.RankedProjection` does: the top-2 margin
 # off float32's by 0.102 on average, 0.055 with the MLP in float16, at 1.05x the step's time; the
 # argmax changed at 5 of 745 tokens, then at 1), and sent base into a repetition on a file's
 # closing silence on an AMD EPYC without VNNI (greedy `long/`: WER 9.94% against float32's 7.56%).
