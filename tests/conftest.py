@@ -11,6 +11,7 @@ from __future__ import annotations
 # ruff: noqa: I001 - whisper_coreml comes first: it configures OpenMP before torch loads (openmp.py)
 import whisper_coreml as wc
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
@@ -109,6 +110,11 @@ def openai_whisper_model(weights: Weights) -> Any:
             heads[layer, head] = True
         model.register_buffer("alignment_heads", heads.to_sparse(), persistent=False)
     return model.eval()
+
+
+def fresh(weights: Weights) -> Weights:
+    """`weights` with a state dict of its own: a `TorchEngine` empties the one it is given."""
+    return dataclasses.replace(weights, state_dict=dict(weights.state_dict))
 
 
 @pytest.fixture(scope="session")

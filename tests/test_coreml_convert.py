@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fresh
 
 from whisper_coreml.audio import MelSource
 from whisper_coreml.coreml import bundle as B
@@ -66,7 +67,7 @@ def mel(audio: Callable[[str], np.ndarray]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def torch_engine(tiny_weights: Weights) -> TorchEngine:
-    return TorchEngine(tiny_weights, device="cpu")
+    return TorchEngine(fresh(tiny_weights), device="cpu")
 
 
 # --- the bundle ------------------------------------------------------------------------------------

