@@ -209,6 +209,10 @@ def test_safetensors_are_read_as_their_own_loader_reads_them_into_memory_of_thei
     for cut in (4, 100, len(data) // 2, len(data) - 1):
         file.write_bytes(data[:cut])
         assert_model_error(file.parent, "not a readable Hugging Face Whisper checkpoint")
+    # a header that promises 40 GB the file does not hold is refused before anything is allocated
+    header = json.dumps({"x": {"dtype": "F32", "shape": [100000, 100000], "data_offsets": [0, 40_000_000_000]}})
+    file.write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(64))
+    assert_model_error(file.parent, "do not hold F32 [100000, 100000] in the file")
 
 
 def test_huggingface_base_round_trip(save_hf: Callable, base_weights: Weights, tmp_path: Path) -> None:

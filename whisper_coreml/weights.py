@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import struct
 from collections.abc import Iterator, Sequence
@@ -176,9 +177,10 @@ def read_safetensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
             if spec["dtype"] not in _SAFETENSORS_DTYPES:
                 raise ValueError(f"{name}: unsupported data type {spec['dtype']}")
             dtype, shape, (begin, end) = _SAFETENSORS_DTYPES[spec["dtype"]], spec["shape"], spec["data_offsets"]
-            tensor = torch.empty(shape, dtype=dtype)
-            if end - begin != tensor.nbytes or start + end > size:
+            nbytes = math.prod(shape) * dtype.itemsize
+            if min(shape, default=0) < 0 or end - begin != nbytes or begin < 0 or start + end > size:
                 raise ValueError(f"{name}: bytes {begin:,}-{end:,} do not hold {spec['dtype']} {shape} in the file")
+            tensor = torch.empty(shape, dtype=dtype)  # only once the file holds its bytes
             f.seek(start + begin)
             if f.readinto(tensor.view(-1).view(torch.uint8).numpy()) != tensor.nbytes:
                 raise ValueError(f"{name}: the file ends inside it")
