@@ -232,7 +232,7 @@ def seek_loop(
     )
 
     if source.speech is not None:  # each stretch of speech is a clip of its own: windows start on the voice
-        seek_points = [t for r in source.speech for t in (r.start // HOP_LENGTH, -(-r.end // HOP_LENGTH))]
+        seek_points = [t for r in source.speech for t in r.frames]
     else:
         seek_points = [round(t * FRAMES_PER_SECOND) for t in options.clip_timestamps] or [0]
     if len(seek_points) % 2 == 1:
@@ -389,7 +389,7 @@ def seek_loop(
             decoded = yield from decode_clips(view, [(0, view.n_frames)], 1, start, [], lambda *_: None)
             return pack.place(decoded)
 
-        voiced = [(r.start // HOP_LENGTH, -(-r.end // HOP_LENGTH)) for r in source.voiced or ()]
+        voiced = [r.frames for r in source.voiced or ()]
         in_order = _InOrder(record, len(before), len(packs), source, [p.spans[0] for p, _ in packs])
         loops = []
         for k, (pack, upto) in enumerate(packs):

@@ -59,6 +59,11 @@ class SpeechRegion:
     def end_time(self) -> float:
         return self.end / SAMPLE_RATE
 
+    @property
+    def frames(self) -> tuple[int, int]:
+        """The mel frames [start, end) that cover the region."""
+        return self.start // HOP_LENGTH, -(-self.end // HOP_LENGTH)
+
 
 def _default_model_path() -> Path:
     """The sequence model inside the installed silero-vad, found without importing the package."""

@@ -104,8 +104,9 @@ class Int8Linear(nn.Module):
         # would be the largest thing in memory while loading.
         ints = torch.empty(weight.shape, dtype=torch.int8)
         scale = torch.empty(self.out_features, dtype=torch.double)
+        source = weight.detach()
         for start in range(0, self.out_features, 4096):
-            block = weight.detach()[start : start + 4096].float()
+            block = source[start : start + 4096].float()
             block_scale = (block.abs().amax(dim=1) / 127).clamp(min=1e-12)
             ints[start : start + 4096] = (block / block_scale[:, None]).round_()
             scale[start : start + 4096] = block_scale
