@@ -5,9 +5,17 @@ every input outputs of its own, skip the inputs whose outputs were made from the
 with the same settings (records.py; a re-run of a finished folder does no model work at all),
 keep going past a bad input or an unwritable folder, claim each input before decoding it so
 that concurrent runs split a folder instead of repeating it (locks.py), journal every window
-so that a long file interrupted in the middle resumes there (journal.py), decode the next
-file's audio while the current one transcribes, and stop at once on Ctrl-C or SIGTERM with
-every finished output intact and nothing half-written (writes are atomic).
+so that a long file interrupted in the middle resumes there (journal.py), and stop at once
+on Ctrl-C or SIGTERM with every finished output intact and nothing half-written (writes are
+atomic).
+
+A file's audio is opened when it joins the batch, not ahead on a thread of its own: opening
+computes log-mel features in PyTorch, and a second thread doing so gives the process a second
+OpenMP team; with more OpenMP threads than cores libgomp stops spinning between parallel
+regions, and every decoder step then waits for sleeping threads to wake. On the 2-core Xeon of
+benchmarks/README.md that made `en/` (36 clips, tiny.en) take 32 s instead of 19 s in sequence
+and 21.5 s instead of 15.3 s in a batch of 8; with that thread held to one PyTorch thread it
+was no faster than opening in turn (0.6 s to open a 280-s file beside minutes of decoding).
 
 Pure logic lives here and is testable without the CLI; cli.py parses and presents.
 """
@@ -22,7 +30,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -349,7 +356,7 @@ class _Work:
     identity: dict[str, int]
     notes: tuple[str, ...]
     transcript: TranscriptionResult | None
-    audio: Future[MelSource] | None = None
+    audio: MelSource | None = None
     journal: FileJournal | None = None
     started: float = 0.0
 
@@ -374,7 +381,6 @@ class _Batch:
         self.batcher: Batcher | None = None
         self.warned_language = False
         self.report = Report()
-        self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="whisper-prefetch")
         self.transcribed: list[tuple[_Work, TranscriptionResult | BaseException]] = []
 
     def finish(self, outcome: Outcome) -> None:
@@ -422,15 +428,6 @@ class _Batch:
     def journal_key(self, identity: dict[str, int]) -> str:
         return settings_key({"transcription": self.settings.transcription_key(), "input": identity})
 
-    def open_audio(self, work: _Work) -> None:
-        """Start decoding `work`'s audio in the background (the model must be loaded)."""
-        if work.transcript is None and work.audio is None and self.model is not None:
-            from .audio import MelSource
-
-            work.audio = self.prefetch.submit(
-                MelSource.from_file, work.job.source, self.model.engine.dims.n_mels, self.settings.transcription.vad
-            )
-
     def run(self, jobs: Sequence[Job]) -> Report:
         queue: deque[Job] = deque()
         for job in jobs:
@@ -446,13 +443,12 @@ class _Batch:
         self.emit("plan", {"total": len(queue), "seconds": sum(probe_duration(j.source) or 0.0 for j in queue)})
         deferred: list[Job] = []
         running: list[_Work] = []
-        upcoming: _Work | None = None
         starting: _Work | None = None  # claimed, not yet running: Ctrl-C while its audio opens must free it
         try:
             with interrupt_on_sigterm():
                 while True:
                     while len(running) < self.batch_size:  # start files until the batch is full
-                        starting, upcoming = upcoming or self.next_work(queue, deferred), None
+                        starting = self.next_work(queue, deferred)
                         if starting is None and deferred and not running:  # what other runs held may be free now
                             queue.extend(deferred)
                             deferred = []
@@ -464,22 +460,19 @@ class _Batch:
                         elif self.start(starting):
                             running.append(starting)
                         starting = None
-                    if upcoming is None and (upcoming := self.next_work(queue, deferred)) is not None:
-                        self.open_audio(upcoming)  # decoded while the running ones transcribe
                     if self.batcher is not None and self.batcher.waiting:
                         self.batcher.step()
                     finished, self.transcribed = self.transcribed, []
                     for work, result in finished:
                         running.remove(work)
                         self.finish(self.write(work, result))
-                    if not (running or upcoming or queue or deferred):
+                    if not (running or queue or deferred):
                         break
         except KeyboardInterrupt:
             self.report.interrupted = True
         finally:
-            for work in {id(w): w for w in (*running, upcoming, starting) if w is not None}.values():
+            for work in {id(w): w for w in (*running, starting) if w is not None}.values():
                 self.drop(work)  # (a claim released twice is released once)
-            self.prefetch.shutdown(wait=True, cancel_futures=True)
         return self.report
 
     def next_work(self, queue: deque[Job], deferred: list[Job], final: bool = False) -> _Work | None:
@@ -499,9 +492,8 @@ class _Batch:
         return None
 
     def drop(self, work: _Work) -> None:
-        if work.audio is not None and not work.audio.cancel():
-            with contextlib.suppress(Exception):
-                work.audio.result().close()
+        if work.audio is not None:
+            work.audio.close()
         if work.journal is not None:
             work.journal.close()
         work.claim.release()
@@ -524,19 +516,19 @@ class _Batch:
             self.model = self.load()
             self.batcher = Batcher(self.model.engine, self.batch_size)
         assert self.batcher is not None
-        self.open_audio(work)
-        assert work.audio is not None
+        from .audio import MelSource
+
         source = work.job.source
         work.started = time.perf_counter()
         work.journal = work.job.journal(self.journal_key(work.identity)) if work.identity else None
         self.emit("start", {"source": source})
         try:
-            audio = work.audio.result()
+            work.audio = MelSource.from_file(source, self.model.engine.dims.n_mels, self.settings.transcription.vad)
         except (WhisperCoreMLError, OSError) as error:
             self.finish(self.write(work, error))
             return False
         loop = self.model.seek_loop(
-            audio,
+            work.audio,
             options=self.settings.transcription,
             progress=lambda done, total: self.emit("progress", {"source": source, "done": done, "total": total}),
             journal=work.journal,
@@ -576,8 +568,8 @@ class _Batch:
             error = describe_os_error(e, job.directory)
             return Outcome(source, "failed", seconds=time.perf_counter() - started, error=error)
         finally:
-            if work.audio is not None and work.audio.done() and work.audio.exception() is None:
-                work.audio.result().close()
+            if work.audio is not None:
+                work.audio.close()
             if journal is not None:
                 journal.close()
             work.claim.release()
