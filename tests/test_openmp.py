@@ -4,12 +4,18 @@ processes hold them (openmp.py says why, with the measurements)."""
 from __future__ import annotations
 
 import contextlib
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import whisper_coreml as wc
 from whisper_coreml import openmp
+from whisper_coreml.weights import Weights
 
 
 @pytest.mark.parametrize(
@@ -82,3 +88,37 @@ def test_the_torch_engine_governs_its_threads_on_the_cpu(tiny_model: object, mon
     monkeypatch.setattr(engine.threads, "measure", lambda: contextlib.nullcontext(spans.append(1)))
     engine.encode(np.zeros((engine.dims.n_mels, 3000), dtype=np.float32))
     assert spans == [1]
+
+
+def test_a_model_thread_runs_its_calls_in_order_on_one_thread_and_hands_back_errors() -> None:
+    thread = openmp.ModelThread("test-model")
+    seen: list[tuple[int, int]] = []
+    futures = [thread.submit(lambda i=i: seen.append((i, threading.get_ident()))) for i in range(5)]
+    assert [f.result(10) for f in futures] == [None] * 5
+    assert [i for i, _ in seen] == list(range(5)) and {t for _, t in seen} == {thread.thread.ident}
+    assert thread.thread.ident != threading.get_ident() and thread.thread.daemon
+    assert thread.call(lambda a, b=0: a + b, 2, b=3) == 5
+    with pytest.raises(ValueError, match="bad"):
+        thread.call(lambda: (_ for _ in ()).throw(ValueError("bad")))
+    assert thread.call(threading.get_ident) == thread.thread.ident  # still serving after an error
+
+
+def test_a_model_used_on_another_thread_than_its_loader_is_warned_of_once(
+    tiny_weights: Weights, speech: Callable[[str], Path]
+) -> None:  # tiny_weights: skips when the model's package is missing
+    """The server's old shape: loaded on one thread, transcribing on another (openmp.py: ~2x
+    slower on a machine with no spare cores). Loaded and used on one ModelThread: no warning."""
+    clip = speech("en/jfk_inaugural_excerpt.flac")
+    thread = openmp.ModelThread("test-model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the call
+        model = thread.call(wc.load_model, "tiny.en", engine="torch", device="cpu")
+        text = thread.call(model.transcribe, clip).text
+    assert "ask not what your country can do for you" in text.lower()
+
+    elsewhere = wc.load_model("tiny.en", engine="torch", device="cpu")  # on this thread
+    with pytest.warns(RuntimeWarning, match="another thread than the one that loaded it"):
+        assert thread.call(elsewhere.transcribe, clip).text == text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per model
+        thread.call(elsewhere.transcribe, clip)

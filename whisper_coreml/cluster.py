@@ -41,6 +41,7 @@ from .audio import probe_duration
 from .batch import Event, Job, Outcome, Report, Settings, assess, interrupt_on_sigterm, run_batch
 from .errors import WhisperCoreMLError
 from .locks import try_claim
+from .openmp import ModelThread
 
 if TYPE_CHECKING:
     from .api import WhisperModel
@@ -168,6 +169,8 @@ class Worker:
     """One Ray actor: a loaded model and `run_batch` over one file at a time.
 
     Threaded (two calls at once), so that `status` and `stop` answer while `transcribe` runs.
+    Ray may run each call on another of its threads: the model's work goes to one thread of
+    its own (openmp.ModelThread), which loads it and runs every file.
     """
 
     def __init__(
@@ -180,22 +183,20 @@ class Worker:
         self.overwrite = overwrite
         self.batch_size = batch_size
         self.whisper: WhisperModel | None = None
+        self.model_thread = ModelThread("whisper-model")
         self.stopping = threading.Event()
         self.current: tuple[str, float, float] | None = None  # (source, seconds done, of total)
 
     def ready(self, threads: int) -> dict[str, Any]:
         """Load the model; who and where this worker is, or the one-line error that stopped it
         (`usage`: the settings are wrong for the model, as the local batch's exit 2)."""
-        import torch
-
-        torch.set_num_threads(threads)
         with contextlib.suppress(
             OSError
         ):  # relative inputs mean what they meant to the driver, where its folder is shared
             os.chdir(self.cwd)
         info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
         try:
-            self.whisper = self.spec.load(self.settings)
+            self.whisper = self.model_thread.call(self._load, threads)
         except ValueError as e:
             info["usage"] = str(e)
         except (WhisperCoreMLError, OSError) as e:
@@ -207,7 +208,9 @@ class Worker:
         None when `stop` ended it first (its claim released, its journal kept)."""
         self.stopping.clear()
         try:
-            report = run_batch([job], self._model, self.settings, self.overwrite, self._event, self.batch_size)
+            report = self.model_thread.call(
+                run_batch, [job], self._model, self.settings, self.overwrite, self._event, self.batch_size
+            )
         except Exception as e:  # noqa: BLE001 - the driver reports it as this file's failure, in one line
             return Outcome(str(job.source), "failed", error=f"{job.source}: {_first_line(e)}", worker=self.name)
         finally:
@@ -222,6 +225,12 @@ class Worker:
     def stop(self) -> None:
         """End the current file at its next window (the batch drops it as on Ctrl-C)."""
         self.stopping.set()
+
+    def _load(self, threads: int) -> WhisperModel:
+        import torch
+
+        torch.set_num_threads(threads)
+        return self.spec.load(self.settings)
 
     def _model(self) -> WhisperModel:
         assert self.whisper is not None, "ready() loads the model"

@@ -17,6 +17,14 @@ server's jobs, or a benchmark's turns) counted what others did while we slept, a
 had set one thread, a process idle half of the time never measured again (bench.py's round
 robin ran ours on one thread for 34 of 36 clips).
 
+All of a model's work runs on one thread (`ModelThread`, for front ends whose requests arrive
+on other threads). Each thread that runs PyTorch's CPU kernels gets an OpenMP team of its own,
+kept for the thread's life, and once the process holds more OpenMP threads than there are
+cores libgomp stops spinning altogether: every region then waits for sleeping threads to wake.
+A model loaded on one thread and used on another ran 12 `en/` clips in 8.3 s instead of 4.1-4.4 s
+(tiny.en, the 2-core Xeon); a helper thread that computed the next file's features took a folder
+from 19 s to 32 s.
+
 Where that cannot be measured (no /proc/stat: macOS, whose LLVM libomp spins for 200 ms),
 `configure` has idle threads sleep at once instead. The runtimes read that setting once, when
 torch loads them, so `configure` runs before anything imports torch (whisper_coreml/__init__.py
@@ -27,11 +35,17 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
+from queue import SimpleQueue
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 PROC_STAT = Path("/proc/stat")
 # Without a measure of the machine's load: idle threads sleep at once (libomp's block time, ms).
@@ -82,7 +96,8 @@ class ThreadGovernor:
     """Sets PyTorch's thread count, at most `limit`, to the cores other processes leave free.
 
     Wrap a stretch of our own work in `measure` (the engine wraps each window's encoder): what
-    other processes did meanwhile sets the threads for the work that follows. Stretches add up
+    other processes did meanwhile sets the threads for the work that follows. Work measured on
+    another thread than the one the governor (its engine) was made on is warned of, once. Stretches add up
     until they span `interval` seconds (shorter is too coarse for /proc/stat's 10-ms ticks);
     where the machine's load cannot be read, nothing changes.
     """
@@ -92,6 +107,7 @@ class ThreadGovernor:
         self.interval = interval
         self.cores = os.cpu_count() or 1
         self.measured = (0.0, 0.0, 0.0)  # wall, machine busy and our CPU seconds not yet judged
+        self.home: int | None = threading.get_ident()  # the thread the engine was built on; None once warned
 
     @staticmethod
     def _sample() -> tuple[float, float | None, float]:
@@ -99,6 +115,15 @@ class ThreadGovernor:
 
     @contextmanager
     def measure(self) -> Iterator[None]:
+        if self.home is not None and threading.get_ident() != self.home:
+            self.home = None
+            warnings.warn(
+                "this model is used on another thread than the one that loaded it, so PyTorch runs an OpenMP team "
+                "for each and can run about 2x slower (see whisper_coreml/openmp.py); load and transcribe on one "
+                "thread, e.g. whisper_coreml.openmp.ModelThread",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         start = self._sample()
         yield
         end = self._sample()
@@ -114,3 +139,35 @@ class ThreadGovernor:
         threads = threads_for(self.limit, self.cores, max(0.0, busy - ours) / wall)
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
+
+
+class ModelThread:
+    """One daemon thread that runs every piece of a model's work handed to it, in order: its
+    loading, then its transcriptions, for front ends (the server, a cluster's workers) whose
+    own threads take requests. Work runs there alone, so PyTorch keeps one OpenMP team (see
+    the module doc); a daemon, so a process ending mid-window is not held up by it."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """`fn(*args, **kwargs)` on the thread, after everything submitted before it."""
+        future: Future[T] = Future()
+        self._calls.put((lambda: fn(*args, **kwargs), future))
+        return future
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` run on the thread: its result, or its exception raised here."""
+        return self.submit(fn, *args, **kwargs).result()
+
+    def _serve(self) -> None:
+        while True:
+            fn, future = self._calls.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as error:  # noqa: BLE001 - handed to the caller, Ctrl-C included
+                future.set_exception(error)

@@ -45,6 +45,7 @@ from .uploads import Upload, UploadError, check_media, receive_upload
 
 if TYPE_CHECKING:
     from ..api import WhisperModel
+    from ..openmp import ModelThread
 
 SHUTDOWN_GRACE = 5.0  # seconds uvicorn lets requests run after SIGTERM/SIGINT before cancelling them
 WAIT_IN_SHUTDOWN = 3.0  # of which a request waiting for its job may use this much
@@ -207,11 +208,11 @@ def parse_request(form: Mapping[str, list[str]], task: str | None, served: str) 
 class Service:
     """The model, the store, the worker and the rules every endpoint shares."""
 
-    def __init__(self, config: ServerConfig, model: WhisperModel) -> None:
+    def __init__(self, config: ServerConfig, model: WhisperModel, thread: ModelThread) -> None:
         self.config = config
         self.model = model
         self.store = JobStore(config.data_dir)
-        self.worker = Worker(self.store, model, config.job_timeout)
+        self.worker = Worker(self.store, model, thread, config.job_timeout)
         self.admission = Admission(self.store, config.max_queue)
         # Set by the serve command when a shutdown begins: event streams end and waiting
         # requests answer, so the process stops without cancelling (and logging) requests.
@@ -311,9 +312,10 @@ class Service:
         return finished
 
 
-def create_app(config: ServerConfig, model: WhisperModel) -> FastAPI:
-    """The app for one loaded model; the worker starts and stops with the app's lifespan."""
-    service = Service(config, model)
+def create_app(config: ServerConfig, model: WhisperModel, thread: ModelThread) -> FastAPI:
+    """The app for one loaded model, whose jobs run on `thread` (the one that loaded it); the
+    worker starts and stops with the app's lifespan."""
+    service = Service(config, model, thread)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

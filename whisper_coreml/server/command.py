@@ -132,9 +132,11 @@ def serve_command(
         ) from None
     from ..api import load_model
     from ..errors import WhisperCoreMLError
+    from ..openmp import ModelThread
 
+    thread = ModelThread("whisper-worker")  # loads the model, then runs the jobs
     try:
-        whisper = load_model(model, engine=engine, device=device, compute_type=compute_type)
+        whisper = thread.call(load_model, model, engine=engine, device=device, compute_type=compute_type)
     except (WhisperCoreMLError, ValueError) as e:
         raise _fail(str(e), 1) from None
     config = ServerConfig(
@@ -146,7 +148,7 @@ def serve_command(
         cors_origins=tuple(cors_origin or ()),
     )
     try:
-        app = create_app(config, whisper)
+        app = create_app(config, whisper, thread)
     except (OSError, sqlite3.Error) as e:
         raise _fail(f"--data-dir {directory}: cannot open its job store ({e})", 1) from None
     where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"

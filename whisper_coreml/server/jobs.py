@@ -15,6 +15,7 @@ also an `events` row (accepted, started, resumed, done, ...), which is how the t
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -41,7 +42,10 @@ from .render import result_from_dict, result_to_dict
 from .uploads import Upload
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from ..api import WhisperModel
+    from ..openmp import ModelThread
 
 log = logging.getLogger("whisper_coreml.server")
 
@@ -467,26 +471,37 @@ class _Stop(Exception):
         self.reason = reason  # "shutdown", "cancel" or "timeout"
 
 
-class Worker:
-    """The one thread that runs jobs, oldest first, with the one loaded model."""
+def _report_crash(running: Future[None]) -> None:
+    """Log what ended the job loop, if anything did (it only returns when told to stop)."""
+    error = running.exception()
+    if error is not None:
+        log.error("the job worker stopped", exc_info=error)
 
-    def __init__(self, store: JobStore, model: WhisperModel, timeout: float | None) -> None:
+
+class Worker:
+    """Runs jobs, oldest first, with the one loaded model, on the thread that loaded it (one
+    OpenMP team: see openmp.ModelThread)."""
+
+    def __init__(self, store: JobStore, model: WhisperModel, thread: ModelThread, timeout: float | None) -> None:
         self.store = store
         self.model = model
+        self.thread = thread
         self.timeout = timeout
         self.seconds_per_second = 1.0  # processing time per second of audio, from the last job
         self.current: Job | None = None
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="whisper-worker", daemon=True)
+        self._running: Future[None] | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        self._running = self.thread.submit(self._run)
+        self._running.add_done_callback(_report_crash)
 
     def stop(self, wait: float = 30.0) -> None:
         """Stop after the current window; the job in progress goes back to the queue."""
         self._stopping.set()
         self.store.wakeup.set()
-        self._thread.join(wait)
+        if self._running is not None:
+            concurrent.futures.wait([self._running], wait)
 
     def retry_after(self) -> int:
         """Seconds until a queue slot is likely to free: what the running job has left."""
