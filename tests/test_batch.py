@@ -10,14 +10,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import av
 import numpy as np
 import pytest
 import srt
 
-from whisper_coreml.batch import discover, plan
-from whisper_coreml.locks import try_claim
+from whisper_coreml import batch
+from whisper_coreml.batch import discover, plan, run_batch
+from whisper_coreml.locks import Claim, try_claim
+from whisper_coreml.settings import Choices, build_settings
 
 GOOD_CLIPS = [
     "arctic_a0010.wav",
@@ -253,3 +256,31 @@ def test_claims_exclude_live_runs_and_free_themselves_when_a_run_dies(tmp_path: 
     claim = try_claim(lock)
     assert claim is not None
     claim.release()
+
+
+def test_ctrl_c_while_a_file_is_being_claimed_leaves_no_lock_file(
+    tmp_path: Path, shared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that lands just as the next file's claim is taken (as the test above can time
+    it, right after a file's outputs are written) stops the run with the claim released."""
+    clip = tmp_path / GOOD_CLIPS[0]
+    clip.write_bytes((shared / "speech" / "en" / GOOD_CLIPS[0]).read_bytes())
+    real_try_claim = batch.try_claim
+
+    def claimed_then_interrupted(path: Path) -> Claim | None:
+        claim = real_try_claim(path)
+        os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode, in the caller
+        return claim
+
+    def never_load() -> NoReturn:
+        raise AssertionError("interrupted before any transcription")
+
+    monkeypatch.setattr(batch, "try_claim", claimed_then_interrupted)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
+    try:
+        jobs = plan(discover([tmp_path]).inputs, ["srt"], None)
+        report = run_batch(jobs, never_load, build_settings("tiny.en", Choices()))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert report.interrupted and not report.outcomes
+    assert sorted(p.name for p in tmp_path.iterdir()) == [clip.name]  # no lock file, no outputs

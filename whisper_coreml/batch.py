@@ -448,11 +448,14 @@ class _Batch:
             with interrupt_on_sigterm():
                 while True:
                     while len(running) < self.batch_size:  # start files until the batch is full
-                        starting = self.next_work(queue, deferred)
-                        if starting is None and deferred and not running:  # what other runs held may be free now
-                            queue.extend(deferred)
-                            deferred = []
-                            starting = self.next_work(queue, deferred, final=True)
+                        # Ctrl-C waits until a claim taken is held in `starting`, which the end releases:
+                        # a signal between the lock file's creation and that would leave the file behind
+                        with interrupts_deferred():
+                            starting = self.next_work(queue, deferred)
+                            if starting is None and deferred and not running:  # what other runs held may be free
+                                queue.extend(deferred)
+                                deferred = []
+                                starting = self.next_work(queue, deferred, final=True)
                         if starting is None:
                             break
                         if starting.transcript is not None:
