@@ -467,8 +467,9 @@ class _Batch:
                         self.batcher.step()
                     finished, self.transcribed = self.transcribed, []
                     for work, result in finished:
-                        running.remove(work)
-                        self.finish(self.write(work, result))
+                        outcome = self.write(work, result)  # releases the claim, Ctrl-C or not
+                        running.remove(work)  # (not before: a Ctrl-C between would leave the claim held)
+                        self.finish(outcome)
                     if not (running or queue or deferred):
                         break
         except KeyboardInterrupt:
