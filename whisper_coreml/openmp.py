@@ -96,10 +96,10 @@ class ThreadGovernor:
     """Sets PyTorch's thread count, at most `limit`, to the cores other processes leave free.
 
     Wrap a stretch of our own work in `measure` (the engine wraps each window's encoder): what
-    other processes did meanwhile sets the threads for the work that follows. Work measured on
-    another thread than the one the governor (its engine) was made on is warned of, once. Stretches add up
+    other processes did meanwhile sets the threads for the work that follows. Stretches add up
     until they span `interval` seconds (shorter is too coarse for /proc/stat's 10-ms ticks);
-    where the machine's load cannot be read, nothing changes.
+    where the machine's load cannot be read, nothing changes. Work measured on another thread
+    than the one the governor (its engine) was made on is warned of, once: see `ModelThread`.
     """
 
     def __init__(self, limit: int, interval: float = 0.2) -> None:
